@@ -1,0 +1,127 @@
+"""The engine's error tree. The gRPC adapter maps each class to a status in one table."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class SteplineError(Exception):
+    """Root of every error the engine raises to a caller."""
+
+    reason = "STEPLINE_ERROR"
+
+    def __init__(self, message: str, **metadata: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.metadata = metadata
+
+
+class WorkflowNotFound(SteplineError):
+    reason = "WORKFLOW_NOT_FOUND"
+
+    def __init__(self, workflow_id: str) -> None:
+        super().__init__(f"workflow {workflow_id!r} is not registered", workflow_id=workflow_id)
+        self.workflow_id = workflow_id
+
+
+class RunNotFound(SteplineError):
+    reason = "RUN_NOT_FOUND"
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run {run_id!r} does not exist", run_id=run_id)
+        self.run_id = run_id
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """`field` is a JSON path such as `input_data.items[2].name`."""
+
+    field: str
+    description: str
+
+
+class InvalidArgument(SteplineError):
+    reason = "INVALID_ARGUMENT"
+
+    def __init__(self, message: str, violations: Sequence[FieldViolation], *,
+                 reason: str = "INVALID_ARGUMENT") -> None:
+        super().__init__(message)
+        self.violations = list(violations)
+        self.reason = reason
+
+
+class RunAlreadyExists(SteplineError):
+    reason = "RUN_ALREADY_EXISTS"
+
+    def __init__(self, run_id: str, workflow_id: str) -> None:
+        super().__init__(
+            f"run {run_id!r} was already started by another request",
+            run_id=run_id, workflow_id=workflow_id,
+        )
+        self.run_id = run_id
+        self.workflow_id = workflow_id
+
+
+class FailedPrecondition(SteplineError):
+    """The run is in a state that does not allow the operation."""
+
+    reason = "FAILED_PRECONDITION"
+
+    def __init__(self, message: str, *, reason: str, run_id: str, status: str,
+                 suspended_steps: Sequence[str] = ()) -> None:
+        super().__init__(message, run_id=run_id, status=status)
+        self.reason = reason
+        self.run_id = run_id
+        self.status = status
+        self.suspended_steps = list(suspended_steps)
+
+
+class ResumeAlreadyClaimed(SteplineError):
+    reason = "RESUME_ALREADY_CLAIMED"
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"another resume already claimed run {run_id!r}", run_id=run_id)
+        self.run_id = run_id
+
+
+class CursorExpired(SteplineError):
+    reason = "CURSOR_EXPIRED"
+
+    def __init__(self, run_id: str, after_sequence: int, first_kept: int) -> None:
+        super().__init__(
+            f"events after {after_sequence} of run {run_id!r} are no longer kept "
+            f"(oldest kept sequence is {first_kept})",
+            run_id=run_id,
+        )
+
+
+class Unimplemented(SteplineError):
+    reason = "UNIMPLEMENTED"
+
+
+class StoreUnavailable(SteplineError):
+    """The backing store cannot be reached; nothing was written."""
+
+    reason = "STORE_UNAVAILABLE"
+
+
+class StoreConflict(Exception):
+    """A compare-and-set lost: the stored version or status was not the expected one.
+
+    Internal to the engine (runs/worker turn it into a caller-facing error or a retry).
+    """
+
+
+class LeaseLost(Exception):
+    """A write carried a fencing token that is no longer current: another holder took over."""
+
+
+class Conflict(SteplineError):
+    """The run kept changing under a compare-and-set; the caller may retry."""
+
+    reason = "CONCURRENT_MODIFICATION"
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run {run_id!r} changed concurrently; retry the request", run_id=run_id)
+        self.run_id = run_id

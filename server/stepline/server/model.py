@@ -1,0 +1,163 @@
+"""The run's persisted shapes: statuses, step records, the snapshot and events.
+
+The snapshot is the single source of truth for a run; every result and list entry is a
+projection of it. Times are float seconds since the epoch.
+"""
+
+from __future__ import annotations
+
+import time
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+def now() -> float:
+    return time.time()
+
+
+class RunStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    WAITING = "waiting"
+    SUSPENDED = "suspended"
+    SUCCESS = "success"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    @property
+    def finished(self) -> bool:
+        return self in _FINISHED
+
+    @property
+    def settled(self) -> bool:
+        """Finished or suspended: nothing runs until a caller acts."""
+        return self in _FINISHED or self is RunStatus.SUSPENDED
+
+    @property
+    def active(self) -> bool:
+        return self in (RunStatus.RUNNING, RunStatus.WAITING)
+
+
+_FINISHED = frozenset({RunStatus.SUCCESS, RunStatus.FAILED, RunStatus.CANCELED})
+
+
+class StepStatus(StrEnum):
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILED = "failed"
+    SUSPENDED = "suspended"
+    WAITING = "waiting"
+    SKIPPED = "skipped"
+    CANCELED = "canceled"
+
+
+class ErrorData(BaseModel):
+    """A serialized failure: never a stack trace."""
+
+    model_config = ConfigDict(frozen=True)
+
+    message: str
+    name: str = "Error"
+    details: Any = None
+
+
+class StepRecord(BaseModel):
+    status: StepStatus
+    payload: Any = None
+    output: Any = None
+    error: ErrorData | None = None
+    suspend_payload: Any = None
+    resume_payload: Any = None
+    suspend_labels: list[str] = Field(default_factory=list)
+    started_at: float | None = None
+    ended_at: float | None = None
+    suspended_at: float | None = None
+    resumed_at: float | None = None
+    attempts: int = 0
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class ResumeLabel(BaseModel):
+    step_id: str
+    for_each_index: int | None = None
+
+
+class PendingResume(BaseModel):
+    """Written by a resume claim; consumed by the executor on the resume pass."""
+
+    step_id: str
+    path: list[str]
+    data: Any = None
+    for_each_index: int | None = None
+
+
+class Snapshot(BaseModel):
+    run_id: str
+    workflow_id: str
+    status: RunStatus = RunStatus.PENDING
+    resource_id: str = ""
+    request_id: str = ""
+    input: Any = None
+    state: dict[str, Any] = Field(default_factory=dict)
+    request_context: dict[str, Any] = Field(default_factory=dict)
+    trace_id: str = ""
+    trace_metadata: dict[str, Any] = Field(default_factory=dict)
+    steps: dict[str, StepRecord] = Field(default_factory=dict)
+    step_execution_path: list[str] = Field(default_factory=list)
+    # step id -> graph position (entry index, child index...) of steps currently executing.
+    active_steps: dict[str, list[int]] = Field(default_factory=dict)
+    # step id -> graph position of suspended steps.
+    suspended_paths: dict[str, list[int]] = Field(default_factory=dict)
+    resume_labels: dict[str, ResumeLabel] = Field(default_factory=dict)
+    pending_resume: PendingResume | None = None
+    # True between a resume claim and the next suspension: a late concurrent resume lost a race.
+    resumed_since_suspend: bool = False
+    # Executor bookkeeping per graph entry (e.g. which branches were taken), keyed by position.
+    entry_state: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    result: Any = None
+    error: ErrorData | None = None
+    created_at: float = Field(default_factory=now)
+    updated_at: float = Field(default_factory=now)
+
+
+class EventType(StrEnum):
+    WORKFLOW_START = "workflow-start"
+    STEP_START = "step-start"
+    STEP_OUTPUT = "step-output"
+    STEP_PROGRESS = "step-progress"
+    STEP_RESULT = "step-result"
+    STEP_SUSPENDED = "step-suspended"
+    STEP_WAITING = "step-waiting"
+    WORKFLOW_CANCELED = "workflow-canceled"
+    WORKFLOW_FINISH = "workflow-finish"
+
+
+class Event(BaseModel):
+    """One entry of a run's log. `sequence` is assigned by the store (dense, from 1).
+
+    `data` keys per type (all JSON):
+      workflow-start:   workflow_id, reason ("start" | "resume" | "restart" | "time_travel")
+      step-start:       step_id, payload, started_at, resume_payload?, metadata?
+      step-output:      step_id, output
+      step-progress:    step_id, completed_count, total_count, current_index,
+                        iteration_status, iteration_output?
+      step-result:      step_id, status ("success" | "failed"), payload, output? | error?,
+                        started_at, ended_at, attempts
+      step-suspended:   step_id, payload, suspend_payload, labels, suspended_at
+      step-waiting:     step_id, payload, started_at, wake_at
+      workflow-canceled: (empty)
+      workflow-finish:  status, result? | error? | suspended? (list of {path, payload, labels})
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    type: EventType
+    data: dict[str, Any] = Field(default_factory=dict)
+    sequence: int = 0
+    timestamp: float = Field(default_factory=now)
+
+    @property
+    def is_finish(self) -> bool:
+        return self.type is EventType.WORKFLOW_FINISH

@@ -1,0 +1,345 @@
+"""The run API every front end uses: start, resume, cancel, wait, watch, list, delete.
+
+Knows nothing of gRPC. Validates requests, records claims in the store, queues work for the
+worker, and reads the durable event log for waits and watches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import (
+    Conflict,
+    CursorExpired,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    ResumeAlreadyClaimed,
+    RunAlreadyExists,
+    RunNotFound,
+    StoreConflict,
+    Unimplemented,
+    WorkflowNotFound,
+)
+from .model import Event, EventType, PendingResume, RunStatus, Snapshot, now
+from .schema import Schema, SchemaViolation
+from .store import Page, RunFilter, Store, StoredRun
+from .workflows import Registry, Step, Workflow
+
+_TRACE_ID = re.compile(r"[0-9a-fA-F]{1,32}")
+_MAX_ID_LENGTH = 256
+# How long one blocking read of the log lasts before a watch re-checks the run still exists.
+_TAIL_BLOCK = 15.0
+# How long Cancel waits for a held run to stop before answering with its current status.
+_CANCEL_WAIT = 5.0
+_CAS_ATTEMPTS = 20
+
+
+@dataclass(frozen=True)
+class StartParams:
+    workflow_id: str
+    input_data: Any = None
+    run_id: str = ""
+    resource_id: str = ""
+    initial_state: dict[str, Any] | None = None
+    request_context: dict[str, Any] = field(default_factory=dict)
+    trace_id: str = ""
+    trace_metadata: dict[str, Any] = field(default_factory=dict)
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
+class ResumeParams:
+    run_id: str
+    step: tuple[str, ...] = ()
+    label: str = ""
+    resume_data: Any = None
+    request_context: dict[str, Any] | None = None
+    for_each_index: int | None = None
+
+
+@dataclass(frozen=True)
+class Started:
+    run_id: str
+    created: bool
+    status: RunStatus
+
+
+@dataclass(frozen=True)
+class Resumed:
+    run_id: str
+    status: RunStatus
+    # The continuation's events have sequences greater than this.
+    after_sequence: int
+
+
+@dataclass(frozen=True)
+class Canceled:
+    status: RunStatus
+    cancel_requested: bool
+
+
+class RunService:
+    """The run API. Stateless apart from the store: any replica can serve any run."""
+
+    def __init__(self, store: Store, registry: Registry, *,
+                 cancel_wait: float = _CANCEL_WAIT) -> None:
+        self.store = store
+        self.registry = registry
+        self.cancel_wait = cancel_wait
+
+    # -- workflows -------------------------------------------------------------------------
+    def list_workflows(self) -> list[Workflow]:
+        return list(self.registry)
+
+    def get_workflow(self, workflow_id: str) -> Workflow:
+        """Raises WorkflowNotFound."""
+        workflow = self.registry.get(workflow_id)
+        if workflow is None:
+            raise WorkflowNotFound(workflow_id)
+        return workflow
+
+    # -- runs ------------------------------------------------------------------------------
+    async def start(self, params: StartParams) -> Started:
+        """Validate, record and queue a run. Raises WorkflowNotFound, InvalidArgument,
+        RunAlreadyExists."""
+        workflow = self.get_workflow(params.workflow_id)
+        snapshot = self._new_snapshot(workflow, params)
+        outcome = await self.store.create(snapshot)
+        if outcome.created:
+            return Started(snapshot.run_id, True, RunStatus.PENDING)
+        existing = outcome.run.snapshot
+        if (params.request_id and existing.request_id == params.request_id
+                and existing.workflow_id == workflow.id):
+            return Started(existing.run_id, False, existing.status)
+        raise RunAlreadyExists(existing.run_id, existing.workflow_id)
+
+    def _new_snapshot(self, workflow: Workflow, params: StartParams) -> Snapshot:
+        violations: list[FieldViolation] = []
+        _check_id(params.run_id, "run_id", violations)
+        _check_id(params.resource_id, "resource_id", violations)
+        _check_id(params.request_id, "request_id", violations)
+        trace_id = params.trace_id
+        if trace_id and not _TRACE_ID.fullmatch(trace_id):
+            violations.append(FieldViolation(
+                "tracing_options.trace_id", "must be 1 to 32 hexadecimal characters"))
+        data = _conform(workflow.input_schema, params.input_data, "input_data", violations)
+        state: Any = params.initial_state or {}
+        if workflow.state_schema is not None:
+            state = _conform(workflow.state_schema, state, "initial_state", violations)
+        if violations:
+            raise InvalidArgument(
+                f"invalid start request for workflow {workflow.id!r}", violations)
+        return Snapshot(
+            run_id=params.run_id or uuid.uuid4().hex,
+            workflow_id=workflow.id,
+            resource_id=params.resource_id,
+            request_id=params.request_id,
+            input=data,
+            state=state,
+            request_context=dict(params.request_context),
+            trace_id=trace_id.lower().rjust(32, "0") if trace_id else "",
+            trace_metadata=dict(params.trace_metadata),
+        )
+
+    async def wait(self, run_id: str, *, after_sequence: int = 0,
+                   timeout: float | None = None) -> StoredRun:
+        """Block (bounded by `timeout`; None = no bound) until a workflow-finish event with a
+        sequence above `after_sequence` exists, then return the stored run. On timeout returns
+        the current stored run, whatever its status. Raises RunNotFound."""
+        await self.get(run_id)
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        cursor = after_sequence
+        while True:
+            block = _TAIL_BLOCK if deadline is None else min(_TAIL_BLOCK, deadline - loop.time())
+            if block <= 0:
+                break
+            events = await self.store.wait_events(run_id, cursor, block)
+            if any(e.is_finish for e in events):
+                break
+            if events:
+                cursor = events[-1].sequence
+            else:
+                await self.get(run_id)  # deleted meanwhile -> RunNotFound
+        return await self.get(run_id)
+
+    async def resume(self, params: ResumeParams) -> Resumed:
+        """Claim a suspended run (compare-and-set) and queue its continuation. Raises
+        RunNotFound, FailedPrecondition, InvalidArgument, ResumeAlreadyClaimed."""
+        stored = await self.get(params.run_id)
+        snap = stored.snapshot
+        if snap.status is not RunStatus.SUSPENDED:
+            if snap.resumed_since_suspend and not snap.status.finished:
+                raise ResumeAlreadyClaimed(snap.run_id)
+            raise _precondition(snap, "RUN_NOT_SUSPENDED",
+                                f"run {snap.run_id!r} is not suspended (status {snap.status})")
+        step_id, path, index = _resume_target(snap, params)
+        workflow = self.get_workflow(snap.workflow_id)
+        found = workflow.find_step(step_id)
+        if found is None:  # the graph changed since the run suspended
+            raise _precondition(snap, "STEP_NOT_SUSPENDED",
+                                f"step {step_id!r} is not part of workflow {workflow.id!r}")
+        data = _resume_data(found[0], params.resume_data)
+
+        claimed = snap.model_copy(deep=True)
+        claimed.status = RunStatus.RUNNING
+        claimed.pending_resume = PendingResume(step_id=step_id, path=path, data=data,
+                                               for_each_index=index)
+        claimed.resumed_since_suspend = True
+        if params.request_context:
+            claimed.request_context = {**snap.request_context, **params.request_context}
+        claimed.updated_at = now()
+        start = Event(type=EventType.WORKFLOW_START,
+                      data={"workflow_id": snap.workflow_id, "reason": "resume"})
+        try:
+            await self.store.write(claimed, [start], expected_version=stored.version)
+        except StoreConflict:
+            raise ResumeAlreadyClaimed(snap.run_id) from None
+        await self.store.enqueue(snap.run_id)
+        return Resumed(snap.run_id, RunStatus.RUNNING, stored.last_sequence)
+
+    async def cancel(self, run_id: str) -> Canceled:
+        """Cooperative and idempotent; a finished run is left unchanged. Raises RunNotFound."""
+        for _ in range(_CAS_ATTEMPTS):
+            stored = await self.get(run_id)
+            status = stored.snapshot.status
+            if status.finished:
+                return Canceled(status, status is RunStatus.CANCELED)
+            if stored.leased:
+                # A worker holds the run: ask it to stop and give it a moment to do so.
+                if not await self.store.request_cancel(run_id):
+                    continue
+                settled = await self.wait(run_id, after_sequence=stored.last_sequence,
+                                          timeout=self.cancel_wait)
+                return Canceled(settled.snapshot.status, True)
+            snap = stored.snapshot.model_copy(deep=True)
+            snap.status = RunStatus.CANCELED
+            snap.active_steps.clear()
+            snap.pending_resume = None
+            snap.updated_at = now()
+            events = [Event(type=EventType.WORKFLOW_CANCELED),
+                      Event(type=EventType.WORKFLOW_FINISH, data={"status": "canceled"})]
+            try:
+                await self.store.write(snap, events, expected_version=stored.version)
+            except StoreConflict:
+                continue
+            return Canceled(RunStatus.CANCELED, True)
+        raise Conflict(run_id)
+
+    async def get(self, run_id: str) -> StoredRun:
+        """Raises RunNotFound."""
+        stored = await self.store.get(run_id) if run_id else None
+        if stored is None:
+            raise RunNotFound(run_id)
+        return stored
+
+    async def watch(self, run_id: str, *, after_sequence: int = 0,
+                    keep_open_on_suspend: bool = False) -> AsyncIterator[Event]:
+        """Replay events after `after_sequence`, then tail until the run settles (finishes,
+        or suspends unless keep_open_on_suspend). Raises RunNotFound, CursorExpired."""
+        if after_sequence < 0:
+            raise InvalidArgument("after_sequence must not be negative",
+                                  [FieldViolation("after_sequence", "must be >= 0")])
+        await self.get(run_id)
+        first_kept = await self.store.first_kept_sequence(run_id)
+        if after_sequence + 1 < first_kept:
+            raise CursorExpired(run_id, after_sequence, first_kept)
+        cursor = after_sequence
+        while True:
+            events = await self.store.wait_events(run_id, cursor, _TAIL_BLOCK)
+            if not events:
+                await self.get(run_id)  # deleted meanwhile -> RunNotFound
+                continue
+            for event in events:
+                yield event
+            cursor = events[-1].sequence
+            last = events[-1]
+            ends = last.is_finish and (
+                last.data.get("status") != RunStatus.SUSPENDED.value or not keep_open_on_suspend)
+            # A finish followed by more events (a resume already began) is not the end.
+            if ends and not await self.store.read_events(run_id, cursor, limit=1):
+                return
+
+    async def list_runs(self, filter: RunFilter, *, page_size: int, page_token: str) -> Page:
+        return await self.store.list_runs(filter, page_size, page_token)
+
+    async def delete(self, run_id: str) -> None:
+        """Raises RunNotFound."""
+        if not run_id or not await self.store.delete(run_id):
+            raise RunNotFound(run_id)
+
+    async def restart(self, run_id: str) -> StoredRun:
+        raise Unimplemented("Restart is not implemented yet")
+
+    async def time_travel(self, run_id: str) -> StoredRun:
+        raise Unimplemented("TimeTravel is not implemented yet")
+
+
+def _check_id(value: str, field_name: str, violations: list[FieldViolation]) -> None:
+    if len(value) > _MAX_ID_LENGTH:
+        violations.append(FieldViolation(field_name, f"must be at most {_MAX_ID_LENGTH} characters"))
+    elif any(ord(c) < 32 or ord(c) == 127 for c in value):
+        violations.append(FieldViolation(field_name, "must not contain control characters"))
+
+
+def _conform(schema: Schema[Any], value: Any, path: str,
+             violations: list[FieldViolation]) -> Any:
+    try:
+        return schema.normalize(value, path=path)
+    except SchemaViolation as err:
+        violations.extend(err.violations)
+        return None
+
+
+def _precondition(snap: Snapshot, reason: str, message: str) -> FailedPrecondition:
+    return FailedPrecondition(message, reason=reason, run_id=snap.run_id,
+                              status=snap.status.value,
+                              suspended_steps=sorted(snap.suspended_paths))
+
+
+def _resume_target(snap: Snapshot, params: ResumeParams) -> tuple[str, list[str], int | None]:
+    """Which suspended step a resume addresses: by label, by path, or the only one."""
+    index = params.for_each_index
+    if params.label:
+        label = snap.resume_labels.get(params.label)
+        if label is None:
+            raise _precondition(snap, "UNKNOWN_RESUME_LABEL",
+                                f"no suspended step has the resume label {params.label!r}")
+        step_id = label.step_id
+        index = label.for_each_index if index is None else index
+        path = [step_id]
+    elif params.step:
+        path = [seg for part in params.step for seg in part.split(".")]
+        step_id = path[0]
+    else:
+        suspended = sorted(snap.suspended_paths)
+        if not suspended:
+            raise _precondition(snap, "NO_SUSPENDED_STEPS", "the run has no suspended steps")
+        if len(suspended) > 1:
+            raise _precondition(
+                snap, "MULTIPLE_SUSPENDED_STEPS",
+                f"several steps are suspended ({', '.join(suspended)}); name one with `step`")
+        step_id = suspended[0]
+        path = [step_id]
+    if step_id not in snap.suspended_paths or len(path) > 1:
+        raise _precondition(
+            snap, "STEP_NOT_SUSPENDED",
+            f"step {'.'.join(path)!r} is not suspended; suspended steps: "
+            f"{', '.join(sorted(snap.suspended_paths)) or 'none'}")
+    return step_id, path, index
+
+
+def _resume_data(step: Step[Any, Any], data: Any) -> Any:
+    if step.resume_schema is None:
+        return data
+    try:
+        return step.resume_schema.normalize(data if data is not None else {}, path="resume_data")
+    except SchemaViolation as err:
+        raise InvalidArgument(f"invalid resume data for step {step.id!r}", err.violations,
+                              reason="INVALID_RESUME_DATA") from None

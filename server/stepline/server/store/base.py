@@ -1,0 +1,177 @@
+"""The one storage interface. `MemoryStore` and `RedisStore` implement it and pass the same
+conformance suite (tests/test_store_conformance.py).
+
+Ownership rules the interface enforces:
+- A run that is PENDING or SUSPENDED (or orphaned) has no holder; it changes only through
+  `write(..., expected_version=...)`, a compare-and-set on the stored version.
+- A worker holds a run under a lease taken with `acquire`, which bumps the fencing counter.
+  Its writes carry that fence; a write with a stale fence raises `LeaseLost`.
+- Every write stores the whole snapshot and appends its events in one atomic step; events get
+  dense sequence numbers from 1. No other way exists to append an event.
+- Cancel of a held run only raises a flag (`request_cancel`); the holder sees it in the
+  result of its next write and through `cancel_requests()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ..model import Event, RunStatus, Snapshot
+
+
+@dataclass(frozen=True)
+class StoredRun:
+    """A snapshot with the store-level fields that live beside it."""
+
+    snapshot: Snapshot
+    version: int
+    last_sequence: int
+    cancel_requested: bool
+    # True while a live lease holds the run.
+    leased: bool
+
+
+@dataclass(frozen=True)
+class CreateOutcome:
+    created: bool
+    # The stored run: the new one, or the one that already had this run id.
+    run: StoredRun
+
+
+@dataclass(frozen=True)
+class WriteOutcome:
+    version: int
+    last_sequence: int
+    cancel_requested: bool
+
+
+@dataclass(frozen=True)
+class Lease:
+    run_id: str
+    fence: int
+    run: StoredRun
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """A queued request to execute a run. `token` is store-specific (e.g. a stream entry id)."""
+
+    run_id: str
+    token: str
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    workflow_id: str = ""
+    resource_id: str = ""
+    statuses: frozenset[RunStatus] = field(default_factory=frozenset)
+    created_after: float | None = None
+    created_before: float | None = None
+
+
+@dataclass(frozen=True)
+class RunRow:
+    run_id: str
+    workflow_id: str
+    resource_id: str
+    status: RunStatus
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class Page:
+    rows: list[RunRow]
+    # Opaque cursor for the next page; empty when there is none.
+    next_cursor: str
+
+
+class Store(Protocol):
+    """Where runs live. Every method raises `StoreUnavailable` when the backend is down."""
+
+    @property
+    def durable(self) -> bool:
+        """False for the in-process store."""
+        ...
+
+    async def create(self, snapshot: Snapshot) -> CreateOutcome:
+        """Record a new PENDING run and queue it for execution, atomically with respect to
+        other creates of the same run id. If the id exists, nothing is written and the
+        existing run is returned with `created=False`."""
+        ...
+
+    async def get(self, run_id: str) -> StoredRun | None: ...
+
+    async def write(
+        self,
+        snapshot: Snapshot,
+        events: Sequence[Event] = (),
+        *,
+        fence: int | None = None,
+        expected_version: int | None = None,
+        release: bool = False,
+    ) -> WriteOutcome:
+        """Store `snapshot` (whole) and append `events`, as one atomic step.
+
+        Exactly one guard applies: `fence` (holder write; `LeaseLost` if stale) or
+        `expected_version` (unheld compare-and-set; `StoreConflict` if the version moved or a
+        live lease holds the run). `release=True` also ends the holder's lease.
+        Raises `RunNotFound` if the run was deleted."""
+        ...
+
+    async def acquire(self, run_id: str, owner: str, ttl: float) -> Lease | None:
+        """Take the lease on a PENDING/RUNNING/WAITING run that no live lease holds.
+        Returns None when the run is settled, missing or held."""
+        ...
+
+    async def renew(self, run_id: str, fence: int, ttl: float) -> bool:
+        """Extend a lease; False if the fence is stale."""
+        ...
+
+    async def release(self, run_id: str, fence: int) -> None:
+        """End a lease without writing (hand the run back)."""
+        ...
+
+    async def request_cancel(self, run_id: str) -> bool:
+        """Flag a held run for cancellation and notify its holder.
+        Returns False (and changes nothing) when no live lease holds the run."""
+        ...
+
+    def cancel_requests(self) -> AsyncIterator[str]:
+        """Run ids whose cancellation was requested, as they are requested (any replica)."""
+        ...
+
+    async def enqueue(self, run_id: str) -> None:
+        """Queue a run for execution (after a resume claim, or to re-drive it)."""
+        ...
+
+    async def dequeue(self, consumer: str, count: int, block: float) -> list[WorkItem]:
+        """Take up to `count` queued items, waiting up to `block` seconds for the first."""
+        ...
+
+    async def ack(self, item: WorkItem) -> None: ...
+
+    async def read_events(self, run_id: str, after: int, limit: int = 1000) -> list[Event]:
+        """Events with sequence > after, in order. Raises `RunNotFound` for an unknown run."""
+        ...
+
+    async def wait_events(self, run_id: str, after: int, timeout: float) -> list[Event]:
+        """Like read_events, but blocks (no polling) up to `timeout` seconds until at least
+        one event exists after `after`; returns [] on timeout."""
+        ...
+
+    async def first_kept_sequence(self, run_id: str) -> int:
+        """The lowest sequence still stored (1 unless the log was trimmed)."""
+        ...
+
+    async def list_runs(self, filter: RunFilter, limit: int, cursor: str) -> Page:
+        """Runs newest first (by created_at, then run id), filtered, paged by `cursor`."""
+        ...
+
+    async def delete(self, run_id: str) -> bool:
+        """Remove the run's snapshot, events and index entries. False if it did not exist."""
+        ...
+
+    async def close(self) -> None: ...
