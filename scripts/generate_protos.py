@@ -24,7 +24,9 @@ def _generate(out_root: Path) -> Path:
     from grpc_tools import protoc  # dev dependency, imported only here
 
     include = Path(protoc.__file__).parent / "_proto"
-    protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / OUT_PACKAGE).glob("*.proto"))
+    protos = sorted(
+        str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / OUT_PACKAGE).glob("*.proto")
+    )
     args = [
         "grpc_tools.protoc",
         f"-I{PROTO_ROOT}",
@@ -47,15 +49,19 @@ def _differences(a: Path, b: Path) -> list[str]:
     names = {p.name for p in a.iterdir()} | {p.name for p in b.iterdir() if p.is_file()}
     names.discard("__pycache__")
     return sorted(
-        n for n in names
-        if not (a / n).is_file() or not (b / n).is_file()
+        n
+        for n in names
+        if not (a / n).is_file()
+        or not (b / n).is_file()
         or not filecmp.cmp(a / n, b / n, shallow=False)
     )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--check", action="store_true", help="fail if the committed stubs are stale")
+    parser.add_argument(
+        "--check", action="store_true", help="fail if the committed stubs are stale"
+    )
     opts = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         fresh = _generate(Path(tmp))

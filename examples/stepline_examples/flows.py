@@ -28,8 +28,12 @@ async def shout(ctx: StepContext[Greeting]) -> Greeting:
     return Greeting(message=ctx.input.message.upper())
 
 
-greet = Workflow("greet", input=Name, output=Greeting,
-                 description="Say hello, then shout it.").then(say_hello).then(shout).commit()
+greet = (
+    Workflow("greet", input=Name, output=Greeting, description="Say hello, then shout it.")
+    .then(say_hello)
+    .then(shout)
+    .commit()
+)
 
 
 class User(BaseModel):
@@ -101,5 +105,13 @@ async def review(ctx: StepContext[Request]) -> Outcome:
     return Outcome(item=ctx.input.item, approved=decision.approved, reviewer=decision.reviewer)
 
 
-approval = Workflow("approval", input=Request, output=Outcome,
-                    description="Suspends until a reviewer resumes it.").then(review).commit()
+approval = (
+    Workflow(
+        "approval",
+        input=Request,
+        output=Outcome,
+        description="Suspends until a reviewer resumes it.",
+    )
+    .then(review)
+    .commit()
+)

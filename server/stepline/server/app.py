@@ -44,25 +44,32 @@ class Server:
         self.store = store
         self.registry = registry
         self.service = RunService(store, registry)
-        self.worker = Worker(store, registry, max_concurrent_runs=settings.max_concurrent_runs,
-                             lease_ttl=settings.lease_ttl)
+        self.worker = Worker(
+            store,
+            registry,
+            max_concurrent_runs=settings.max_concurrent_runs,
+            lease_ttl=settings.lease_ttl,
+        )
         limit = settings.max_message_bytes
-        self.grpc = grpc.aio.server(options=[
-            ("grpc.max_receive_message_length", limit),
-            ("grpc.max_send_message_length", limit),
-            ("grpc.keepalive_time_ms", 30_000),
-            ("grpc.keepalive_timeout_ms", 10_000),
-            ("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-            ("grpc.max_connection_age_ms", 30 * 60_000),
-            ("grpc.max_connection_age_grace_ms", 60_000),
-        ])
+        self.grpc = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.keepalive_time_ms", 30_000),
+                ("grpc.keepalive_timeout_ms", 10_000),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+                ("grpc.max_connection_age_ms", 30 * 60_000),
+                ("grpc.max_connection_age_grace_ms", 60_000),
+            ]
+        )
         self.health = health_aio.HealthServicer()
         self.port = 0
 
     @classmethod
-    async def start(cls, settings: Settings, *, registry: Registry | None = None,
-                    store: Store | None = None) -> Server:
+    async def start(
+        cls, settings: Settings, *, registry: Registry | None = None, store: Store | None = None
+    ) -> Server:
         server = cls(settings, store or open_store(settings), registry or load_registry(settings))
         await server._start()
         return server
@@ -72,8 +79,13 @@ class Server:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         if self.settings.reflection:
             reflection.enable_server_reflection(
-                [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                 reflection.SERVICE_NAME], self.grpc)
+                [
+                    SERVICE_NAME,
+                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                    reflection.SERVICE_NAME,
+                ],
+                self.grpc,
+            )
         self.port = self.grpc.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
         if self.port == 0:
             raise OSError(f"could not bind {self.settings.host}:{self.settings.port}")

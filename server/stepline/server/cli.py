@@ -26,9 +26,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to bind (default 50051; 0 picks one)")
     serve.add_argument("--redis-url", help="Redis URL; without it runs are kept in memory")
     serve.add_argument("--redis-prefix", help="prefix of every Redis key (default stepline)")
-    serve.add_argument("--workflows", action="append", metavar="MODULE",
-                       help="module whose committed workflows to serve (repeatable; "
-                            "default stepline_examples)")
+    serve.add_argument(
+        "--workflows",
+        action="append",
+        metavar="MODULE",
+        help="module whose committed workflows to serve (repeatable; default stepline_examples)",
+    )
     serve.add_argument("--max-concurrent-runs", type=int, help="runs executed at once")
     serve.add_argument("--lease-ttl", type=float, help="seconds a run lease lasts unrenewed")
     serve.add_argument("--shutdown-grace", type=float, help="seconds in-flight runs get on stop")
@@ -43,10 +46,18 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 async def _serve(settings: Settings) -> None:
     server = await Server.start(settings)
-    durable = "redis (durable)" if settings.redis_url else "in-memory (NOT durable: runs are lost on exit)"
-    log.info("stepline serving %s on %s; store: %s; workflows: %s",
-             "stepline.v1.WorkflowService", server.target, durable,
-             ", ".join(w.id for w in server.registry) or "none")
+    durable = (
+        "redis (durable)"
+        if settings.redis_url
+        else "in-memory (NOT durable: runs are lost on exit)"
+    )
+    log.info(
+        "stepline serving %s on %s; store: %s; workflows: %s",
+        "stepline.v1.WorkflowService",
+        server.target,
+        durable,
+        ", ".join(w.id for w in server.registry) or "none",
+    )
     if not settings.redis_url:
         log.warning("no --redis-url given: using the in-memory store; runs are not durable")
     stop = asyncio.Event()
@@ -67,8 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as err:
         print(f"stepline: invalid settings:\n{err}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         import uvloop
     except ImportError:

@@ -44,8 +44,13 @@ class FieldViolation:
 class InvalidArgument(SteplineError):
     reason = "INVALID_ARGUMENT"
 
-    def __init__(self, message: str, violations: Sequence[FieldViolation], *,
-                 reason: str = "INVALID_ARGUMENT") -> None:
+    def __init__(
+        self,
+        message: str,
+        violations: Sequence[FieldViolation],
+        *,
+        reason: str = "INVALID_ARGUMENT",
+    ) -> None:
         super().__init__(message)
         self.violations = list(violations)
         self.reason = reason
@@ -57,7 +62,8 @@ class RunAlreadyExists(SteplineError):
     def __init__(self, run_id: str, workflow_id: str) -> None:
         super().__init__(
             f"run {run_id!r} was already started by another request",
-            run_id=run_id, workflow_id=workflow_id,
+            run_id=run_id,
+            workflow_id=workflow_id,
         )
         self.run_id = run_id
         self.workflow_id = workflow_id
@@ -68,8 +74,15 @@ class FailedPrecondition(SteplineError):
 
     reason = "FAILED_PRECONDITION"
 
-    def __init__(self, message: str, *, reason: str, run_id: str, status: str,
-                 suspended_steps: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str,
+        run_id: str,
+        status: str,
+        suspended_steps: Sequence[str] = (),
+    ) -> None:
         super().__init__(message, run_id=run_id, status=status)
         self.reason = reason
         self.run_id = run_id

@@ -9,6 +9,7 @@ payload. So start, resume and re-drive after a crash are one code path.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,15 +42,15 @@ from .workflows import (
     Workflow,
 )
 
-
 log = logging.getLogger(__name__)
 
 
 class Journal(Protocol):
     """Where the executor records transitions: one atomic snapshot write + event append."""
 
-    async def commit(self, snapshot: Snapshot, events: Sequence[Event], *,
-                     release: bool = False) -> bool:
+    async def commit(
+        self, snapshot: Snapshot, events: Sequence[Event], *, release: bool = False
+    ) -> bool:
         """Persist; returns True when cancellation of the run has been requested."""
         ...
 
@@ -110,8 +111,14 @@ def _violations(prefix: str, err: SchemaViolation) -> str:
 class Execution:
     """One pass of a run through its workflow; also the runtime behind each StepContext."""
 
-    def __init__(self, workflow: Workflow, snapshot: Snapshot, journal: Journal, *,
-                 cancel_event: asyncio.Event | None = None) -> None:
+    def __init__(
+        self,
+        workflow: Workflow,
+        snapshot: Snapshot,
+        journal: Journal,
+        *,
+        cancel_event: asyncio.Event | None = None,
+    ) -> None:
         self.workflow = workflow
         self.snap = snapshot
         self.journal = journal
@@ -137,8 +144,9 @@ class Execution:
             data = to_jsonable_python(value)
         except PydanticSerializationError as err:
             raise TypeError(f"ctx.write() needs a JSON-serializable value: {err}") from None
-        await self._commit([Event(type=EventType.STEP_OUTPUT,
-                                  data={"step_id": step_id, "output": data})])
+        await self._commit(
+            [Event(type=EventType.STEP_OUTPUT, data={"step_id": step_id, "output": data})]
+        )
 
     def abort(self) -> None:
         self.cancel_event.set()
@@ -174,16 +182,18 @@ class Execution:
         return await self._finish(RunStatus.SUCCESS, result=value)
 
     def _start_event(self, reason: str) -> Event:
-        return Event(type=EventType.WORKFLOW_START,
-                     data={"workflow_id": self.workflow_id, "reason": reason})
+        return Event(
+            type=EventType.WORKFLOW_START, data={"workflow_id": self.workflow_id, "reason": reason}
+        )
 
     async def _commit(self, events: Sequence[Event], *, release: bool = False) -> None:
         self.snap.updated_at = now()
         if await self.journal.commit(self.snap, events, release=release):
             self.cancel_event.set()
 
-    async def _finish(self, status: RunStatus, *, result: Any = None,
-                      error: ErrorData | None = None) -> Snapshot:
+    async def _finish(
+        self, status: RunStatus, *, result: Any = None, error: ErrorData | None = None
+    ) -> Snapshot:
         snap = self.snap
         snap.status = status
         snap.active_steps.clear()
@@ -199,8 +209,11 @@ class Execution:
         elif status is RunStatus.SUSPENDED:
             snap.resumed_since_suspend = False
             data["suspended"] = [
-                {"path": [sid], "payload": snap.steps[sid].suspend_payload,
-                 "labels": snap.steps[sid].suspend_labels}
+                {
+                    "path": [sid],
+                    "payload": snap.steps[sid].suspend_payload,
+                    "labels": snap.steps[sid].suspend_labels,
+                }
                 for sid in snap.suspended_paths
             ]
         elif status is RunStatus.CANCELED:
@@ -220,31 +233,38 @@ class Execution:
                 return Outcome(Kind.OK, {})
         positions = {s.id: i for i, s in enumerate(node.steps)}
         outcomes = await asyncio.gather(
-            *(self._run_step(s, [index, positions[s.id]], value) for s in steps))
+            *(self._run_step(s, [index, positions[s.id]], value) for s in steps)
+        )
         for kind in _PRECEDENCE:
             for outcome in outcomes:
                 if outcome.kind is kind:
                     return outcome
         return Outcome(Kind.OK, {s.id: o.value for s, o in zip(steps, outcomes, strict=True)})
 
-    async def _select_branches(self, index: int, node: BranchNode,
-                               value: Any) -> list[Step[Any, Any]]:
+    async def _select_branches(
+        self, index: int, node: BranchNode, value: Any
+    ) -> list[Step[Any, Any]]:
         """Evaluate every condition once per run; the choice is kept in the snapshot."""
         entry = self.snap.entry_state.setdefault(str(index), {})
         if "branches" not in entry:
             ctx = ConditionContext(
-                input=value, state=dict(self.snap.state),
-                request_context=self.request_context, init_data=self.snap.input,
-                step_results={k: r.output for k, r in self.snap.steps.items()
-                              if r.status is StepStatus.SUCCESS},
+                input=value,
+                state=dict(self.snap.state),
+                request_context=self.request_context,
+                init_data=self.snap.input,
+                step_results={
+                    k: r.output
+                    for k, r in self.snap.steps.items()
+                    if r.status is StepStatus.SUCCESS
+                },
             )
             chosen = await asyncio.gather(*(_holds(cond, ctx) for cond, _ in node.branches))
-            entry["branches"] = [s.id for (_, s), ok in zip(node.branches, chosen, strict=True)
-                                 if ok]
+            entry["branches"] = [
+                s.id for (_, s), ok in zip(node.branches, chosen, strict=True) if ok
+            ]
         return [s for s in node.steps if s.id in entry["branches"]]
 
-    async def _run_step(self, step: Step[Any, Any], position: list[int],
-                        payload: Any) -> Outcome:
+    async def _run_step(self, step: Step[Any, Any], position: list[int], payload: Any) -> Outcome:
         prior = self.snap.steps.get(step.id)
         resume: PendingResume | None = None
         if prior is not None:
@@ -258,8 +278,14 @@ class Execution:
             payload = prior.payload
         return await self._execute(step, position, payload, prior, resume)
 
-    async def _execute(self, step: Step[Any, Any], position: list[int], payload: Any,
-                       prior: StepRecord | None, resume: PendingResume | None) -> Outcome:
+    async def _execute(
+        self,
+        step: Step[Any, Any],
+        position: list[int],
+        payload: Any,
+        prior: StepRecord | None,
+        resume: PendingResume | None,
+    ) -> Outcome:
         snap = self.snap
         started = now()
         rec = StepRecord(status=StepStatus.RUNNING, payload=payload, started_at=started)
@@ -275,8 +301,9 @@ class Execution:
         snap.active_steps[step.id] = position
         if resume is not None:
             snap.suspended_paths.pop(step.id, None)
-            snap.resume_labels = {k: v for k, v in snap.resume_labels.items()
-                                  if v.step_id != step.id}
+            snap.resume_labels = {
+                k: v for k, v in snap.resume_labels.items() if v.step_id != step.id
+            }
             snap.pending_resume = None
         if step.id not in snap.step_execution_path:
             snap.step_execution_path.append(step.id)
@@ -291,49 +318,76 @@ class Execution:
             attempt += 1
             rec.attempts = attempt
             try:
-                ctx = StepContext(self, step, _step_input(step, payload), retry_count=attempt - 1,
-                                  resume_data=rec.resume_payload,
-                                  suspend_data=rec.suspend_payload)
+                ctx = StepContext(
+                    self,
+                    step,
+                    _step_input(step, payload),
+                    retry_count=attempt - 1,
+                    resume_data=rec.resume_payload,
+                    suspend_data=rec.suspend_payload,
+                )
                 output = _step_output(step, await step.execute(ctx))
             except SuspendSignal as signal:
                 return await self._suspended(step, rec, signal)
             except BailSignal as signal:
-                return await self._settle(step, rec, StepStatus.SUCCESS, output=signal.value,
-                                          outcome=Outcome(Kind.BAILED, signal.value))
+                return await self._settle(
+                    step,
+                    rec,
+                    StepStatus.SUCCESS,
+                    output=signal.value,
+                    outcome=Outcome(Kind.BAILED, signal.value),
+                )
             except Exception as err:
                 if self.cancel_event.is_set():
-                    return await self._settle(step, rec, StepStatus.CANCELED,
-                                              outcome=Outcome(Kind.CANCELED))
+                    return await self._settle(
+                        step, rec, StepStatus.CANCELED, outcome=Outcome(Kind.CANCELED)
+                    )
                 if isinstance(err, NonRetryableError) or attempt > retries:
                     error = serialize_error(err)
-                    return await self._settle(step, rec, StepStatus.FAILED, error=error,
-                                              outcome=Outcome(Kind.FAILED, error=error))
+                    return await self._settle(
+                        step,
+                        rec,
+                        StepStatus.FAILED,
+                        error=error,
+                        outcome=Outcome(Kind.FAILED, error=error),
+                    )
                 if await self._cancelled_within(self.workflow.retry.delay_before(attempt)):
-                    return await self._settle(step, rec, StepStatus.CANCELED,
-                                              outcome=Outcome(Kind.CANCELED))
+                    return await self._settle(
+                        step, rec, StepStatus.CANCELED, outcome=Outcome(Kind.CANCELED)
+                    )
                 continue
             snap.state.update(ctx.state_update)
-            return await self._settle(step, rec, StepStatus.SUCCESS, output=output,
-                                      outcome=Outcome(Kind.OK, output))
+            return await self._settle(
+                step, rec, StepStatus.SUCCESS, output=output, outcome=Outcome(Kind.OK, output)
+            )
 
     async def _cancelled_within(self, delay: float) -> bool:
         """Sleep for a retry delay; True if the run was canceled meanwhile."""
         if delay > 0:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.cancel_event.wait(), delay)
-            except TimeoutError:
-                pass
         return self.cancel_event.is_set()
 
-    async def _settle(self, step: Step[Any, Any], rec: StepRecord, status: StepStatus, *,
-                      outcome: Outcome, output: Any = None,
-                      error: ErrorData | None = None) -> Outcome:
+    async def _settle(
+        self,
+        step: Step[Any, Any],
+        rec: StepRecord,
+        status: StepStatus,
+        *,
+        outcome: Outcome,
+        output: Any = None,
+        error: ErrorData | None = None,
+    ) -> Outcome:
         rec.status, rec.ended_at = status, now()
         rec.output, rec.error = output, error
         self.snap.active_steps.pop(step.id, None)
         data: dict[str, Any] = {
-            "step_id": step.id, "status": status.value, "payload": rec.payload,
-            "started_at": rec.started_at, "ended_at": rec.ended_at, "attempts": rec.attempts,
+            "step_id": step.id,
+            "status": status.value,
+            "payload": rec.payload,
+            "started_at": rec.started_at,
+            "ended_at": rec.ended_at,
+            "attempts": rec.attempts,
         }
         if status is StepStatus.SUCCESS:
             data["output"] = output
@@ -342,8 +396,9 @@ class Execution:
         await self._commit([Event(type=EventType.STEP_RESULT, data=data)])
         return outcome
 
-    async def _suspended(self, step: Step[Any, Any], rec: StepRecord,
-                         signal: SuspendSignal) -> Outcome:
+    async def _suspended(
+        self, step: Step[Any, Any], rec: StepRecord, signal: SuspendSignal
+    ) -> Outcome:
         snap = self.snap
         rec.status, rec.suspended_at = StepStatus.SUSPENDED, now()
         rec.suspend_payload, rec.suspend_labels = signal.payload, signal.labels
@@ -352,10 +407,20 @@ class Execution:
         snap.suspended_paths[step.id] = position
         for label in signal.labels:
             snap.resume_labels[label] = ResumeLabel(step_id=step.id)
-        await self._commit([Event(type=EventType.STEP_SUSPENDED, data={
-            "step_id": step.id, "payload": rec.payload, "suspend_payload": signal.payload,
-            "labels": signal.labels, "suspended_at": rec.suspended_at,
-        })])
+        await self._commit(
+            [
+                Event(
+                    type=EventType.STEP_SUSPENDED,
+                    data={
+                        "step_id": step.id,
+                        "payload": rec.payload,
+                        "suspend_payload": signal.payload,
+                        "labels": signal.labels,
+                        "suspended_at": rec.suspended_at,
+                    },
+                )
+            ]
+        )
         return Outcome(Kind.SUSPENDED)
 
 
@@ -370,8 +435,9 @@ def _step_output(step: Step[Any, Any], value: Any) -> Any:
     try:
         return step.output_schema.normalize(value, path="output")
     except SchemaViolation as err:
-        raise StepOutputInvalid(_violations(
-            f"Step output does not match {step.output_schema.name}:", err)) from None
+        raise StepOutputInvalid(
+            _violations(f"Step output does not match {step.output_schema.name}:", err)
+        ) from None
     except PydanticSerializationError as err:
         raise StepOutputInvalid(f"Step output is not JSON-serializable: {err}") from None
 

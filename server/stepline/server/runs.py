@@ -87,8 +87,9 @@ class Canceled:
 class RunService:
     """The run API. Stateless apart from the store: any replica can serve any run."""
 
-    def __init__(self, store: Store, registry: Registry, *,
-                 cancel_wait: float = _CANCEL_WAIT) -> None:
+    def __init__(
+        self, store: Store, registry: Registry, *, cancel_wait: float = _CANCEL_WAIT
+    ) -> None:
         self.store = store
         self.registry = registry
         self.cancel_wait = cancel_wait
@@ -114,8 +115,11 @@ class RunService:
         if outcome.created:
             return Started(snapshot.run_id, True, RunStatus.PENDING)
         existing = outcome.run.snapshot
-        if (params.request_id and existing.request_id == params.request_id
-                and existing.workflow_id == workflow.id):
+        if (
+            params.request_id
+            and existing.request_id == params.request_id
+            and existing.workflow_id == workflow.id
+        ):
             return Started(existing.run_id, False, existing.status)
         raise RunAlreadyExists(existing.run_id, existing.workflow_id)
 
@@ -126,15 +130,15 @@ class RunService:
         _check_id(params.request_id, "request_id", violations)
         trace_id = params.trace_id
         if trace_id and not _TRACE_ID.fullmatch(trace_id):
-            violations.append(FieldViolation(
-                "tracing_options.trace_id", "must be 1 to 32 hexadecimal characters"))
+            violations.append(
+                FieldViolation("tracing_options.trace_id", "must be 1 to 32 hexadecimal characters")
+            )
         data = _conform(workflow.input_schema, params.input_data, "input_data", violations)
         state: Any = params.initial_state or {}
         if workflow.state_schema is not None:
             state = _conform(workflow.state_schema, state, "initial_state", violations)
         if violations:
-            raise InvalidArgument(
-                f"invalid start request for workflow {workflow.id!r}", violations)
+            raise InvalidArgument(f"invalid start request for workflow {workflow.id!r}", violations)
         return Snapshot(
             run_id=params.run_id or uuid.uuid4().hex,
             workflow_id=workflow.id,
@@ -147,8 +151,9 @@ class RunService:
             trace_metadata=dict(params.trace_metadata),
         )
 
-    async def wait(self, run_id: str, *, after_sequence: int = 0,
-                   timeout: float | None = None) -> StoredRun:
+    async def wait(
+        self, run_id: str, *, after_sequence: int = 0, timeout: float | None = None
+    ) -> StoredRun:
         """Block (bounded by `timeout`; None = no bound) until a workflow-finish event with a
         sequence above `after_sequence` exists, then return the stored run. On timeout returns
         the current stored run, whatever its status. Raises RunNotFound."""
@@ -177,26 +182,35 @@ class RunService:
         if snap.status is not RunStatus.SUSPENDED:
             if snap.resumed_since_suspend and not snap.status.finished:
                 raise ResumeAlreadyClaimed(snap.run_id)
-            raise _precondition(snap, "RUN_NOT_SUSPENDED",
-                                f"run {snap.run_id!r} is not suspended (status {snap.status})")
+            raise _precondition(
+                snap,
+                "RUN_NOT_SUSPENDED",
+                f"run {snap.run_id!r} is not suspended (status {snap.status})",
+            )
         step_id, path, index = _resume_target(snap, params)
         workflow = self.get_workflow(snap.workflow_id)
         found = workflow.find_step(step_id)
         if found is None:  # the graph changed since the run suspended
-            raise _precondition(snap, "STEP_NOT_SUSPENDED",
-                                f"step {step_id!r} is not part of workflow {workflow.id!r}")
+            raise _precondition(
+                snap,
+                "STEP_NOT_SUSPENDED",
+                f"step {step_id!r} is not part of workflow {workflow.id!r}",
+            )
         data = _resume_data(found[0], params.resume_data)
 
         claimed = snap.model_copy(deep=True)
         claimed.status = RunStatus.RUNNING
-        claimed.pending_resume = PendingResume(step_id=step_id, path=path, data=data,
-                                               for_each_index=index)
+        claimed.pending_resume = PendingResume(
+            step_id=step_id, path=path, data=data, for_each_index=index
+        )
         claimed.resumed_since_suspend = True
         if params.request_context:
             claimed.request_context = {**snap.request_context, **params.request_context}
         claimed.updated_at = now()
-        start = Event(type=EventType.WORKFLOW_START,
-                      data={"workflow_id": snap.workflow_id, "reason": "resume"})
+        start = Event(
+            type=EventType.WORKFLOW_START,
+            data={"workflow_id": snap.workflow_id, "reason": "resume"},
+        )
         try:
             await self.store.write(claimed, [start], expected_version=stored.version)
         except StoreConflict:
@@ -215,16 +229,19 @@ class RunService:
                 # A worker holds the run: ask it to stop and give it a moment to do so.
                 if not await self.store.request_cancel(run_id):
                     continue
-                settled = await self.wait(run_id, after_sequence=stored.last_sequence,
-                                          timeout=self.cancel_wait)
+                settled = await self.wait(
+                    run_id, after_sequence=stored.last_sequence, timeout=self.cancel_wait
+                )
                 return Canceled(settled.snapshot.status, True)
             snap = stored.snapshot.model_copy(deep=True)
             snap.status = RunStatus.CANCELED
             snap.active_steps.clear()
             snap.pending_resume = None
             snap.updated_at = now()
-            events = [Event(type=EventType.WORKFLOW_CANCELED),
-                      Event(type=EventType.WORKFLOW_FINISH, data={"status": "canceled"})]
+            events = [
+                Event(type=EventType.WORKFLOW_CANCELED),
+                Event(type=EventType.WORKFLOW_FINISH, data={"status": "canceled"}),
+            ]
             try:
                 await self.store.write(snap, events, expected_version=stored.version)
             except StoreConflict:
@@ -239,13 +256,16 @@ class RunService:
             raise RunNotFound(run_id)
         return stored
 
-    async def watch(self, run_id: str, *, after_sequence: int = 0,
-                    keep_open_on_suspend: bool = False) -> AsyncIterator[Event]:
+    async def watch(
+        self, run_id: str, *, after_sequence: int = 0, keep_open_on_suspend: bool = False
+    ) -> AsyncIterator[Event]:
         """Replay events after `after_sequence`, then tail until the run settles (finishes,
         or suspends unless keep_open_on_suspend). Raises RunNotFound, CursorExpired."""
         if after_sequence < 0:
-            raise InvalidArgument("after_sequence must not be negative",
-                                  [FieldViolation("after_sequence", "must be >= 0")])
+            raise InvalidArgument(
+                "after_sequence must not be negative",
+                [FieldViolation("after_sequence", "must be >= 0")],
+            )
         await self.get(run_id)
         first_kept = await self.store.first_kept_sequence(run_id)
         if after_sequence + 1 < first_kept:
@@ -261,7 +281,8 @@ class RunService:
             cursor = events[-1].sequence
             last = events[-1]
             ends = last.is_finish and (
-                last.data.get("status") != RunStatus.SUSPENDED.value or not keep_open_on_suspend)
+                last.data.get("status") != RunStatus.SUSPENDED.value or not keep_open_on_suspend
+            )
             # A finish followed by more events (a resume already began) is not the end.
             if ends and not await self.store.read_events(run_id, cursor, limit=1):
                 return
@@ -283,13 +304,14 @@ class RunService:
 
 def _check_id(value: str, field_name: str, violations: list[FieldViolation]) -> None:
     if len(value) > _MAX_ID_LENGTH:
-        violations.append(FieldViolation(field_name, f"must be at most {_MAX_ID_LENGTH} characters"))
+        violations.append(
+            FieldViolation(field_name, f"must be at most {_MAX_ID_LENGTH} characters")
+        )
     elif any(ord(c) < 32 or ord(c) == 127 for c in value):
         violations.append(FieldViolation(field_name, "must not contain control characters"))
 
 
-def _conform(schema: Schema[Any], value: Any, path: str,
-             violations: list[FieldViolation]) -> Any:
+def _conform(schema: Schema[Any], value: Any, path: str, violations: list[FieldViolation]) -> Any:
     try:
         return schema.normalize(value, path=path)
     except SchemaViolation as err:
@@ -298,9 +320,13 @@ def _conform(schema: Schema[Any], value: Any, path: str,
 
 
 def _precondition(snap: Snapshot, reason: str, message: str) -> FailedPrecondition:
-    return FailedPrecondition(message, reason=reason, run_id=snap.run_id,
-                              status=snap.status.value,
-                              suspended_steps=sorted(snap.suspended_paths))
+    return FailedPrecondition(
+        message,
+        reason=reason,
+        run_id=snap.run_id,
+        status=snap.status.value,
+        suspended_steps=sorted(snap.suspended_paths),
+    )
 
 
 def _resume_target(snap: Snapshot, params: ResumeParams) -> tuple[str, list[str], int | None]:
@@ -309,8 +335,11 @@ def _resume_target(snap: Snapshot, params: ResumeParams) -> tuple[str, list[str]
     if params.label:
         label = snap.resume_labels.get(params.label)
         if label is None:
-            raise _precondition(snap, "UNKNOWN_RESUME_LABEL",
-                                f"no suspended step has the resume label {params.label!r}")
+            raise _precondition(
+                snap,
+                "UNKNOWN_RESUME_LABEL",
+                f"no suspended step has the resume label {params.label!r}",
+            )
         step_id = label.step_id
         index = label.for_each_index if index is None else index
         path = [step_id]
@@ -323,15 +352,19 @@ def _resume_target(snap: Snapshot, params: ResumeParams) -> tuple[str, list[str]
             raise _precondition(snap, "NO_SUSPENDED_STEPS", "the run has no suspended steps")
         if len(suspended) > 1:
             raise _precondition(
-                snap, "MULTIPLE_SUSPENDED_STEPS",
-                f"several steps are suspended ({', '.join(suspended)}); name one with `step`")
+                snap,
+                "MULTIPLE_SUSPENDED_STEPS",
+                f"several steps are suspended ({', '.join(suspended)}); name one with `step`",
+            )
         step_id = suspended[0]
         path = [step_id]
     if step_id not in snap.suspended_paths or len(path) > 1:
         raise _precondition(
-            snap, "STEP_NOT_SUSPENDED",
+            snap,
+            "STEP_NOT_SUSPENDED",
             f"step {'.'.join(path)!r} is not suspended; suspended steps: "
-            f"{', '.join(sorted(snap.suspended_paths)) or 'none'}")
+            f"{', '.join(sorted(snap.suspended_paths)) or 'none'}",
+        )
     return step_id, path, index
 
 
@@ -341,5 +374,8 @@ def _resume_data(step: Step[Any, Any], data: Any) -> Any:
     try:
         return step.resume_schema.normalize(data if data is not None else {}, path="resume_data")
     except SchemaViolation as err:
-        raise InvalidArgument(f"invalid resume data for step {step.id!r}", err.violations,
-                              reason="INVALID_RESUME_DATA") from None
+        raise InvalidArgument(
+            f"invalid resume data for step {step.id!r}",
+            err.violations,
+            reason="INVALID_RESUME_DATA",
+        ) from None

@@ -37,11 +37,11 @@ class StoreJournal:
         self._fence = lease.fence
         self._lock = asyncio.Lock()
 
-    async def commit(self, snapshot: Snapshot, events: Sequence[Event], *,
-                     release: bool = False) -> bool:
+    async def commit(
+        self, snapshot: Snapshot, events: Sequence[Event], *, release: bool = False
+    ) -> bool:
         async with self._lock:
-            outcome = await self._store.write(snapshot, events, fence=self._fence,
-                                              release=release)
+            outcome = await self._store.write(snapshot, events, fence=self._fence, release=release)
         return outcome.cancel_requested
 
 
@@ -50,9 +50,16 @@ def default_owner() -> str:
 
 
 class Worker:
-    def __init__(self, store: Store, registry: Registry, *, owner: str | None = None,
-                 max_concurrent_runs: int = 64, lease_ttl: float = 5.0,
-                 poll_block: float = 1.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        registry: Registry,
+        *,
+        owner: str | None = None,
+        max_concurrent_runs: int = 64,
+        lease_ttl: float = 5.0,
+        poll_block: float = 1.0,
+    ) -> None:
         if max_concurrent_runs < 1:
             raise ValueError("max_concurrent_runs must be at least 1")
         self.store = store
@@ -72,8 +79,10 @@ class Worker:
         return len(self._tasks)
 
     async def start(self) -> None:
-        self._loops = [asyncio.create_task(self._consume(), name="stepline-consume"),
-                       asyncio.create_task(self._listen_cancels(), name="stepline-cancels")]
+        self._loops = [
+            asyncio.create_task(self._consume(), name="stepline-consume"),
+            asyncio.create_task(self._listen_cancels(), name="stepline-cancels"),
+        ]
 
     async def stop(self, grace: float = 10.0) -> None:
         """Drain: take no more work, let in-flight runs finish within `grace`, hand back
@@ -184,8 +193,17 @@ class Worker:
 
 
 async def _fail_unknown_workflow(journal: StoreJournal, snapshot: Snapshot) -> None:
-    error = serialize_error(LookupError(
-        f"workflow {snapshot.workflow_id!r} is not registered on this server"))
+    error = serialize_error(
+        LookupError(f"workflow {snapshot.workflow_id!r} is not registered on this server")
+    )
     snapshot.status, snapshot.error, snapshot.updated_at = RunStatus.FAILED, error, now()
-    await journal.commit(snapshot, [Event(type=EventType.WORKFLOW_FINISH, data={
-        "status": RunStatus.FAILED.value, "error": error.model_dump()})], release=True)
+    await journal.commit(
+        snapshot,
+        [
+            Event(
+                type=EventType.WORKFLOW_FINISH,
+                data={"status": RunStatus.FAILED.value, "error": error.model_dump()},
+            )
+        ],
+        release=True,
+    )

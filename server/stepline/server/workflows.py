@@ -1,9 +1,9 @@
 """The workflow DSL: steps, the graph builder, and the registry of committed workflows.
 
-    @step(input=Order, output=Priced)
-    async def price(ctx: StepContext[Order]) -> Priced: ...
+@step(input=Order, output=Priced)
+async def price(ctx: StepContext[Order]) -> Priced: ...
 
-    checkout = Workflow("checkout", input=Order, output=Receipt).then(price).then(pay).commit()
+checkout = Workflow("checkout", input=Order, output=Receipt).then(price).then(pay).commit()
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         if self.attempts < 0 or self.delay < 0 or self.backoff < 1:
-            raise WorkflowDefinitionError("retry policy needs attempts >= 0, delay >= 0, backoff >= 1")
+            raise WorkflowDefinitionError(
+                "retry policy needs attempts >= 0, delay >= 0, backoff >= 1"
+            )
 
     def delay_before(self, retry: int) -> float:
         return self.delay * self.backoff ** (retry - 1)
@@ -111,8 +113,15 @@ def step(
 
     def wrap(fn: StepFn) -> Step[Any, Any]:
         return Step(
-            id or fn.__name__, fn, input=input, output=output, resume=resume,
-            suspend=suspend, state=state, retries=retries, description=description,
+            id or fn.__name__,
+            fn,
+            input=input,
+            output=output,
+            resume=resume,
+            suspend=suspend,
+            state=state,
+            retries=retries,
+            description=description,
         )
 
     return wrap
@@ -177,8 +186,10 @@ def _condition_source(cond: Condition) -> str:
 def _describe_node(node: Node) -> dict[str, Any]:
     def leaf(s: Step[Any, Any]) -> dict[str, Any]:
         can_suspend = s.resume_schema is not None or s.suspend_schema is not None
-        return {"type": "step", "step": {"id": s.id, "description": s.description,
-                                         "can_suspend": can_suspend}}
+        return {
+            "type": "step",
+            "step": {"id": s.id, "description": s.description, "can_suspend": can_suspend},
+        }
 
     if isinstance(node, StepNode):
         return leaf(node.step)
@@ -187,8 +198,9 @@ def _describe_node(node: Node) -> dict[str, Any]:
     return {
         "type": "conditional",
         "steps": [leaf(s) for s in node.steps],
-        "conditions": [{"id": f"{s.id}-condition", "source": _condition_source(c)}
-                       for c, s in node.branches],
+        "conditions": [
+            {"id": f"{s.id}-condition", "source": _condition_source(c)} for c, s in node.branches
+        ],
     }
 
 
@@ -288,7 +300,8 @@ class Registry:
     def register(self, workflow: Workflow) -> None:
         if not workflow.committed:
             raise WorkflowDefinitionError(
-                f"workflow {workflow.id!r} is not committed; call .commit() first")
+                f"workflow {workflow.id!r} is not committed; call .commit() first"
+            )
         existing = self._workflows.get(workflow.id)
         if existing is not None and existing is not workflow:
             raise WorkflowDefinitionError(f"two workflows share the id {workflow.id!r}")

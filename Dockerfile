@@ -1,0 +1,24 @@
+# Stepline server image: `docker build -t stepline .` then
+# `docker run -p 50051:50051 stepline --redis-url redis://redis:6379/0`.
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY client ./client
+COPY server ./server
+COPY examples ./examples
+RUN pip install --no-cache-dir build \
+ && python -m build --wheel --outdir /wheels \
+ && pip wheel --no-cache-dir --wheel-dir /wheels "uvloop>=0.19"
+
+FROM python:3.11-slim
+RUN useradd --create-home --uid 10001 stepline
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+ENV PYTHONUNBUFFERED=1
+USER stepline
+EXPOSE 50051
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+  CMD python -c "import grpc,sys; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; \
+r=g.HealthStub(grpc.insecure_channel('127.0.0.1:50051')).Check(h.HealthCheckRequest(), timeout=2); \
+sys.exit(0 if r.status == h.HealthCheckResponse.SERVING else 1)"
+ENTRYPOINT ["stepline", "serve", "--host", "0.0.0.0", "--port", "50051"]

@@ -1,0 +1,29 @@
+"""Run storage: one interface, an in-process and a Redis implementation."""
+
+from .base import (
+    CreateOutcome,
+    Lease,
+    Page,
+    RunFilter,
+    RunRow,
+    Store,
+    StoredRun,
+    WorkItem,
+    WriteOutcome,
+)
+from .memory import MemoryStore
+from .redis import RedisStore
+
+__all__ = [
+    "CreateOutcome",
+    "Lease",
+    "MemoryStore",
+    "Page",
+    "RedisStore",
+    "RunFilter",
+    "RunRow",
+    "Store",
+    "StoredRun",
+    "WorkItem",
+    "WriteOutcome",
+]

@@ -1,0 +1,55 @@
+"""Every Redis key, channel and group name the Redis store uses, built in one place.
+
+A run's keys carry its encoded id as a Redis Cluster hash tag (`stepline:run:{<id>}` and
+`stepline:run:{<id>}:events`), so one Lua script can touch both. Ids are percent-encoded
+(everything but `A-Z a-z 0-9 _ . - ~`), which is injective and leaves no `{`, `}`, `:`,
+glob character or whitespace in a key, so no run id can reach another run's keys.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+__all__ = ["Keys", "encode"]
+
+
+def encode(value: str) -> str:
+    """The percent-encoding used for every user-supplied part of a key."""
+    # An empty hash tag (`{}`) makes Redis hash the whole key, which would split a run's keys
+    # across slots; a lone `%` is never produced by quoting, so the mapping stays injective.
+    return quote(value, safe="") or "%"
+
+
+class Keys:
+    """Names for one key prefix (one Stepline deployment per prefix)."""
+
+    def __init__(self, prefix: str = "stepline") -> None:
+        if not prefix or any(c in prefix for c in "{}"):
+            # A brace in the prefix would become the hash tag of every key.
+            raise ValueError(f"invalid key prefix {prefix!r}: must be non-empty, without braces")
+        self.prefix = prefix
+        self.queue = f"{prefix}:queue"
+        self.group = f"{prefix}-workers"
+        self.cancel_channel = f"{prefix}:cancel"
+        self.index_all = f"{prefix}:idx:all"
+
+    def run(self, run_id: str) -> str:
+        """The run's hash: snapshot JSON plus version, sequence, lease and cancel fields."""
+        return f"{self.prefix}:run:{{{encode(run_id)}}}"
+
+    def events(self, run_id: str) -> str:
+        """The run's event stream; entry ids are `0-<sequence>`."""
+        return f"{self.run(run_id)}:events"
+
+    def index_workflow(self, workflow_id: str) -> str:
+        return f"{self.prefix}:idx:wf:{encode(workflow_id)}"
+
+    def index_resource(self, resource_id: str) -> str:
+        return f"{self.prefix}:idx:res:{encode(resource_id)}"
+
+    def indexes(self, workflow_id: str, resource_id: str) -> list[str]:
+        """Every sorted set a run with these ids is listed in (score = created_at)."""
+        keys = [self.index_all, self.index_workflow(workflow_id)]
+        if resource_id:
+            keys.append(self.index_resource(resource_id))
+        return keys

@@ -1,0 +1,286 @@
+"""The in-process store: the Redis store's semantics in a dict, for tests and single-process use.
+
+Every method finishes its reads and writes before its first `await`, which makes each one as
+atomic as a Lua script is in Redis. Snapshots and events go in through a JSON round trip, as
+they would to Redis (a tuple comes back a list; what JSON cannot hold fails here too), and
+come out as deep copies, so no caller can change stored state through a shared object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from ..errors import LeaseLost, RunNotFound, StoreConflict
+from ..model import Event, RunStatus, Snapshot
+from .base import (
+    CreateOutcome,
+    Lease,
+    Page,
+    RunFilter,
+    RunRow,
+    StoredRun,
+    WorkItem,
+    WriteOutcome,
+)
+from .paging import decode_cursor, encode_cursor, matches
+
+__all__ = ["MemoryStore"]
+
+_Model = TypeVar("_Model", Snapshot, Event)
+
+
+@dataclass
+class _Run:
+    snapshot: Snapshot
+    # Fixed at create: they place the run in listings, like the Redis indexes.
+    workflow_id: str
+    resource_id: str
+    created_at: float
+    version: int = 1
+    events: list[Event] = field(default_factory=list)
+    fence: int = 0
+    lease_owner: str = ""
+    lease_until: float = 0.0
+    cancel: bool = False
+
+    def leased(self, now: float) -> bool:
+        return bool(self.lease_owner) and self.lease_until >= now
+
+    def end_lease(self) -> None:
+        self.lease_owner = ""
+        self.lease_until = 0.0
+
+    def stored(self, now: float) -> StoredRun:
+        return StoredRun(
+            snapshot=self.snapshot.model_copy(deep=True),
+            version=self.version,
+            last_sequence=len(self.events),
+            cancel_requested=self.cancel,
+            leased=self.leased(now),
+        )
+
+    def row(self, run_id: str) -> RunRow:
+        return RunRow(
+            run_id=run_id,
+            workflow_id=self.workflow_id,
+            resource_id=self.resource_id,
+            status=self.snapshot.status,
+            created_at=self.created_at,
+            updated_at=self.snapshot.updated_at,
+        )
+
+
+class MemoryStore:
+    """A `Store` that lives in this process and this event loop; nothing is durable."""
+
+    def __init__(self) -> None:
+        self._runs: dict[str, _Run] = {}
+        # Notified whenever events are appended; event-log readers wait on it.
+        self._appended = asyncio.Condition()
+        self._queue: asyncio.Queue[WorkItem] = asyncio.Queue()
+        self._tokens = itertools.count(1)
+        self._cancel_listeners: set[asyncio.Queue[str]] = set()
+
+    @property
+    def durable(self) -> bool:
+        return False
+
+    async def create(self, snapshot: Snapshot) -> CreateOutcome:
+        """Record a new run and queue it; an existing id is returned untouched."""
+        now = time.time()
+        existing = self._runs.get(snapshot.run_id)
+        if existing is not None:
+            return CreateOutcome(created=False, run=existing.stored(now))
+        run = _Run(
+            snapshot=_through_json(snapshot),
+            workflow_id=snapshot.workflow_id,
+            resource_id=snapshot.resource_id,
+            created_at=snapshot.created_at,
+        )
+        self._runs[snapshot.run_id] = run
+        self._enqueue(snapshot.run_id)
+        return CreateOutcome(created=True, run=run.stored(now))
+
+    async def get(self, run_id: str) -> StoredRun | None:
+        run = self._runs.get(run_id)
+        return None if run is None else run.stored(time.time())
+
+    async def write(
+        self,
+        snapshot: Snapshot,
+        events: Sequence[Event] = (),
+        *,
+        fence: int | None = None,
+        expected_version: int | None = None,
+        release: bool = False,
+    ) -> WriteOutcome:
+        """Store the snapshot and append the events under exactly one guard (see `Store`)."""
+        if (fence is None) == (expected_version is None):
+            raise ValueError("write needs exactly one guard: fence or expected_version")
+        # Before any check, so that a value JSON cannot hold fails with nothing changed.
+        stored_snapshot = _through_json(snapshot)
+        stored_events = [_through_json(event) for event in events]
+        run = self._runs.get(snapshot.run_id)
+        if run is None:
+            raise RunNotFound(snapshot.run_id)
+        if fence is not None:
+            # A released lease keeps its fence number, so the owner must be checked too.
+            if run.fence != fence or not run.lease_owner:
+                raise LeaseLost(f"fence {fence} of run {snapshot.run_id!r} is stale")
+        else:
+            if run.version != expected_version:
+                raise StoreConflict(
+                    f"run {snapshot.run_id!r} is at version {run.version}, not {expected_version}"
+                )
+            if run.leased(time.time()):
+                raise StoreConflict(f"run {snapshot.run_id!r} is held by a lease")
+            # An expired holder must not write over this unheld change when it wakes up.
+            run.end_lease()
+        cancel_requested = run.cancel
+        run.snapshot = stored_snapshot
+        for event in stored_events:
+            run.events.append(event.model_copy(update={"sequence": len(run.events) + 1}))
+        run.version += 1
+        if release:
+            run.end_lease()
+        if snapshot.status.settled:
+            # A cancel request targets the execution in progress; once settled it is moot.
+            run.cancel = False
+        outcome = WriteOutcome(
+            version=run.version, last_sequence=len(run.events), cancel_requested=cancel_requested
+        )
+        if events:
+            async with self._appended:
+                self._appended.notify_all()
+        return outcome
+
+    async def acquire(self, run_id: str, owner: str, ttl: float) -> Lease | None:
+        """Lease a PENDING/RUNNING/WAITING run that no live lease holds; bumps the fence."""
+        now = time.time()
+        run = self._runs.get(run_id)
+        if run is None or not _acquirable(run.snapshot.status) or run.leased(now):
+            return None
+        run.fence += 1
+        run.lease_owner = owner
+        run.lease_until = now + ttl
+        return Lease(run_id=run_id, fence=run.fence, run=run.stored(now))
+
+    async def renew(self, run_id: str, fence: int, ttl: float) -> bool:
+        run = self._runs.get(run_id)
+        if run is None or run.fence != fence or not run.lease_owner:
+            return False
+        run.lease_until = time.time() + ttl
+        return True
+
+    async def release(self, run_id: str, fence: int) -> None:
+        run = self._runs.get(run_id)
+        if run is not None and run.fence == fence:
+            run.end_lease()
+
+    async def request_cancel(self, run_id: str) -> bool:
+        run = self._runs.get(run_id)
+        if run is None or not run.leased(time.time()):
+            return False
+        run.cancel = True
+        for listener in self._cancel_listeners:
+            listener.put_nowait(run_id)
+        return True
+
+    async def cancel_requests(self) -> AsyncIterator[str]:
+        """Every id passed to a successful `request_cancel` from the first iteration on."""
+        listener: asyncio.Queue[str] = asyncio.Queue()
+        self._cancel_listeners.add(listener)
+        try:
+            while True:
+                yield await listener.get()
+        finally:
+            self._cancel_listeners.discard(listener)
+
+    async def enqueue(self, run_id: str) -> None:
+        self._enqueue(run_id)
+
+    async def dequeue(self, consumer: str, count: int, block: float) -> list[WorkItem]:
+        """Take up to `count` items; wait up to `block` seconds (0: not at all) for the first."""
+        if count < 1:
+            raise ValueError("count must be at least 1")
+        items: list[WorkItem] = []
+        if self._queue.empty() and block > 0:
+            try:
+                async with asyncio.timeout(block):
+                    items.append(await self._queue.get())
+            except TimeoutError:
+                return []
+        while len(items) < count and not self._queue.empty():
+            items.append(self._queue.get_nowait())
+        return items
+
+    async def ack(self, item: WorkItem) -> None:
+        """Nothing to do: as with the Redis queue, a taken item is never handed out again."""
+
+    async def read_events(self, run_id: str, after: int, limit: int = 1000) -> list[Event]:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        run = self._runs.get(run_id)
+        if run is None:
+            raise RunNotFound(run_id)
+        # Sequence n sits at index n - 1.
+        start = max(after, 0)
+        return [event.model_copy(deep=True) for event in run.events[start : start + limit]]
+
+    # `timeout` is the Store interface's name for the bound.
+    async def wait_events(self, run_id: str, after: int, timeout: float) -> list[Event]:
+        events = await self.read_events(run_id, after)
+        if events or timeout <= 0:
+            return events
+        try:
+            async with asyncio.timeout(timeout), self._appended:
+                await self._appended.wait_for(lambda: self._has_events_after(run_id, after))
+        except TimeoutError:
+            return []
+        return await self.read_events(run_id, after)
+
+    async def first_kept_sequence(self, run_id: str) -> int:
+        if run_id not in self._runs:
+            raise RunNotFound(run_id)
+        # Nothing is ever trimmed here, and "last + 1" of an empty log is 1 as well.
+        return 1
+
+    async def list_runs(self, filter: RunFilter, limit: int, cursor: str) -> Page:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        position = decode_cursor(cursor)
+        rows = sorted(
+            (row for run_id, run in self._runs.items() if matches(row := run.row(run_id), filter)),
+            key=lambda row: (row.created_at, row.run_id),
+            reverse=True,
+        )
+        if position is not None:
+            rows = [row for row in rows if (row.created_at, row.run_id) < position]
+        page = rows[:limit]
+        return Page(rows=page, next_cursor=encode_cursor(page[-1]) if len(rows) > limit else "")
+
+    async def delete(self, run_id: str) -> bool:
+        return self._runs.pop(run_id, None) is not None
+
+    async def close(self) -> None:
+        """Nothing to release; stored runs stay readable."""
+
+    def _enqueue(self, run_id: str) -> None:
+        self._queue.put_nowait(WorkItem(run_id=run_id, token=str(next(self._tokens))))
+
+    def _has_events_after(self, run_id: str, after: int) -> bool:
+        run = self._runs.get(run_id)
+        return run is not None and len(run.events) > after
+
+
+def _through_json(model: _Model) -> _Model:
+    return type(model).model_validate_json(model.model_dump_json())
+
+
+def _acquirable(status: RunStatus) -> bool:
+    return status is RunStatus.PENDING or status.active

@@ -1,0 +1,472 @@
+"""The Redis store: one hash and one stream per run, Lua scripts for every guarded change.
+
+Layout (names in `keys.py`): the run hash holds the snapshot JSON and the store fields (`ver`,
+`seq`, `fence`, lease, `cancel`); the run's event stream has entry ids `0-<sequence>`, so a
+cursor is a stream id; sorted sets index runs by created_at; a stream with one consumer group
+is the work queue; a pub/sub channel carries cancel requests.
+
+Every guarded change is one Lua script (`scripts.py`). Two connection pools: commands use a
+short socket timeout so a dead Redis fails fast, and the blocking reads (XREAD/XREADGROUP
+BLOCK, pub/sub) use a pool without one, bounded instead by an asyncio timeout of the block
+plus a grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any, cast
+
+from redis import exceptions as redis_errors
+from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.typing import KeyT, StreamIdT
+
+from ..errors import LeaseLost, RunNotFound, StoreConflict, StoreUnavailable
+from ..model import Event, RunStatus, Snapshot
+from . import scripts
+from .base import (
+    CreateOutcome,
+    Lease,
+    Page,
+    RunFilter,
+    RunRow,
+    StoredRun,
+    WorkItem,
+    WriteOutcome,
+)
+from .keys import Keys
+from .paging import decode_cursor, encode_cursor, matches
+
+__all__ = ["RedisStore"]
+
+
+_ROW_FIELDS = ("workflow_id", "resource_id", "status", "created_at", "updated_at")
+_DEFAULT_GRACE = 5.0
+# A retried script whose reply was lost would apply its write twice.
+_NO_RETRY = Retry(NoBackoff(), 0)
+
+
+class RedisStore:
+    """A `Store` on Redis (single node, or Cluster-compatible key layout)."""
+
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        prefix: str = "stepline",
+        blocking_client: Redis | None = None,
+    ) -> None:
+        """Use `client` (which must decode responses; the caller keeps ownership of it).
+
+        `blocking_client` serves BLOCK reads and pub/sub and should have no socket timeout;
+        when omitted, one is made from `client`'s settings and closed by `close()`."""
+        options = client.connection_pool.connection_kwargs
+        if not options.get("decode_responses"):
+            raise ValueError("RedisStore needs a client created with decode_responses=True")
+        self._keys = Keys(prefix)
+        self._redis = client
+        self._owned: list[Redis] = []
+        if blocking_client is None:
+            blocking_client = _without_socket_timeout(client)
+            self._owned.append(blocking_client)
+        self._blocking = blocking_client
+        socket_timeout = options.get("socket_timeout")
+        self._grace = float(socket_timeout) if socket_timeout else _DEFAULT_GRACE
+        self._create = client.register_script(scripts.CREATE)
+        self._write = client.register_script(scripts.WRITE)
+        self._acquire = client.register_script(scripts.ACQUIRE)
+        self._renew = client.register_script(scripts.RENEW)
+        self._release = client.register_script(scripts.RELEASE)
+        self._request_cancel = client.register_script(scripts.REQUEST_CANCEL)
+        self._delete = client.register_script(scripts.DELETE)
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        prefix: str = "stepline",
+        socket_timeout: float = 5.0,
+        connect_timeout: float = 2.0,
+    ) -> RedisStore:
+        """Connect to `url` (e.g. `redis://127.0.0.1:6379/0`); `close()` closes the clients.
+
+        `socket_timeout` bounds every command (and is the grace added to a blocking read),
+        so an unreachable Redis raises `StoreUnavailable` within about that long."""
+        options: dict[str, Any] = {
+            "decode_responses": True,
+            "socket_connect_timeout": connect_timeout,
+            "retry": _NO_RETRY,
+        }
+        client = Redis.from_url(url, socket_timeout=socket_timeout, **options)
+        blocking = Redis.from_url(url, socket_timeout=None, **options)
+        store = cls(client, prefix=prefix, blocking_client=blocking)
+        store._owned += [client, blocking]
+        return store
+
+    @property
+    def durable(self) -> bool:
+        return True
+
+    async def create(self, snapshot: Snapshot) -> CreateOutcome:
+        """Record a new run, then index and queue it; an existing id is returned untouched.
+
+        The index sorted sets and the queue are global keys, which Redis Cluster does not let
+        one script touch together with the run's keys; so they are written in a second round
+        trip, only when the script created the run. If Redis dies between the two, the run
+        exists unlisted and unqueued until something re-drives it (`enqueue`)."""
+        run_id = snapshot.run_id
+        args = [
+            snapshot.model_dump_json(),
+            snapshot.status.value,
+            snapshot.workflow_id,
+            snapshot.resource_id,
+            repr(snapshot.created_at),
+            repr(snapshot.updated_at),
+            snapshot.request_id,
+        ]
+        now = time.time()
+        with _reachable():
+            reply = await self._create(keys=self._run_keys(run_id), args=args)
+            created = reply[0] == 1
+            if created:
+                pipe = self._redis.pipeline(transaction=False)
+                for index in self._keys.indexes(snapshot.workflow_id, snapshot.resource_id):
+                    pipe.zadd(index, {run_id: snapshot.created_at})
+                pipe.xadd(self._keys.queue, {"run_id": run_id})
+                await pipe.execute()
+        return CreateOutcome(created=created, run=_stored(reply[1:], now))
+
+    async def get(self, run_id: str) -> StoredRun | None:
+        now = time.time()
+        with _reachable():
+            fields = await self._redis.hmget(self._keys.run(run_id), scripts.RUN_FIELDS)
+        return None if fields[0] is None else _stored(fields, now)
+
+    async def write(
+        self,
+        snapshot: Snapshot,
+        events: Sequence[Event] = (),
+        *,
+        fence: int | None = None,
+        expected_version: int | None = None,
+        release: bool = False,
+    ) -> WriteOutcome:
+        """Store the snapshot and append the events in one script (see `Store.write`)."""
+        if fence is not None and expected_version is None:
+            guard = ["fence", str(fence)]
+        elif fence is None and expected_version is not None:
+            guard = ["version", str(expected_version)]
+        else:
+            raise ValueError("write needs exactly one guard: fence or expected_version")
+        run_id = snapshot.run_id
+        args = [
+            *guard,
+            repr(time.time()),
+            "1" if release else "0",
+            "1" if snapshot.status.settled else "0",
+            snapshot.model_dump_json(),
+            snapshot.status.value,
+            repr(snapshot.updated_at),
+            snapshot.request_id,
+            # The sequence lives in the entry id, so it is left out of the entry.
+            *(event.model_dump_json(exclude={"sequence"}) for event in events),
+        ]
+        with _reachable():
+            reply = await self._write(keys=self._run_keys(run_id), args=args)
+        match reply[0]:
+            case "ok":
+                return WriteOutcome(
+                    version=int(reply[1]),
+                    last_sequence=int(reply[2]),
+                    cancel_requested=reply[3] == "1",
+                )
+            case "missing":
+                raise RunNotFound(run_id)
+            case "stale_fence":
+                raise LeaseLost(f"fence {fence} of run {run_id!r} is stale")
+            case "version_moved":
+                raise StoreConflict(f"run {run_id!r} is no longer at version {expected_version}")
+            case "leased":
+                raise StoreConflict(f"run {run_id!r} is held by a lease")
+        raise AssertionError(f"unexpected write reply {reply!r}")
+
+    async def acquire(self, run_id: str, owner: str, ttl: float) -> Lease | None:
+        now = time.time()
+        args = [owner, repr(now), repr(now + ttl)]
+        with _reachable():
+            reply = await self._acquire(keys=[self._keys.run(run_id)], args=args)
+        if reply[0] == 0:
+            return None
+        return Lease(run_id=run_id, fence=int(reply[0]), run=_stored(reply[1:], now))
+
+    async def renew(self, run_id: str, fence: int, ttl: float) -> bool:
+        args = [str(fence), repr(time.time() + ttl)]
+        with _reachable():
+            renewed = await self._renew(keys=[self._keys.run(run_id)], args=args)
+        return bool(renewed == 1)
+
+    async def release(self, run_id: str, fence: int) -> None:
+        with _reachable():
+            await self._release(keys=[self._keys.run(run_id)], args=[str(fence)])
+
+    async def request_cancel(self, run_id: str) -> bool:
+        args = [repr(time.time()), self._keys.cancel_channel, run_id]
+        with _reachable():
+            flagged = await self._request_cancel(keys=[self._keys.run(run_id)], args=args)
+        return bool(flagged == 1)
+
+    async def cancel_requests(self) -> AsyncIterator[str]:
+        """Cancel requests from every replica, from the first iteration on (each iterator has
+        its own subscription). Raises `StoreUnavailable` when the connection drops."""
+        pubsub = self._blocking.pubsub(ignore_subscribe_messages=True)
+        try:
+            with _reachable():
+                await pubsub.subscribe(self._keys.cancel_channel)
+            while True:
+                with _reachable():
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+                if message is not None and message["type"] == "message":
+                    yield str(message["data"])
+        finally:
+            with contextlib.suppress(redis_errors.RedisError, OSError):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def enqueue(self, run_id: str) -> None:
+        with _reachable():
+            await self._redis.xadd(self._keys.queue, {"run_id": run_id})
+
+    async def dequeue(self, consumer: str, count: int, block: float) -> list[WorkItem]:
+        """XREADGROUP of new entries; `block` <= 0 reads without waiting."""
+        if count < 1:
+            raise ValueError("count must be at least 1")
+        with _reachable():
+            try:
+                reply = await self._read_group(consumer, count, block)
+            except redis_errors.ResponseError as err:
+                if not str(err).startswith("NOGROUP"):
+                    raise
+                await self._create_group()
+                reply = await self._read_group(consumer, count, block)
+        return [
+            WorkItem(run_id=str(fields["run_id"]), token=str(entry_id))
+            for _stream, entries in reply or []
+            for entry_id, fields in entries
+            if fields is not None
+        ]
+
+    async def ack(self, item: WorkItem) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.xack(self._keys.queue, self._keys.group, item.token)
+        pipe.xdel(self._keys.queue, item.token)
+        with _reachable():
+            await pipe.execute()
+
+    async def read_events(self, run_id: str, after: int, limit: int = 1000) -> list[Event]:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.exists(self._keys.run(run_id))
+        pipe.xrange(self._keys.events(run_id), min=f"(0-{max(after, 0)}", count=limit)
+        with _reachable():
+            exists, entries = await pipe.execute()
+        if not exists:
+            raise RunNotFound(run_id)
+        return _events(entries)
+
+    # `timeout` is the Store interface's name for the bound.
+    async def wait_events(self, run_id: str, after: int, timeout: float) -> list[Event]:
+        events = await self.read_events(run_id, after)
+        if events or timeout <= 0:
+            return events
+        # XREAD from an explicit id (not `$`) also returns what arrived since the read above.
+        streams: dict[KeyT, StreamIdT] = {self._keys.events(run_id): f"0-{max(after, 0)}"}
+        with _reachable():
+            async with asyncio.timeout(timeout + self._grace):
+                reply = await self._blocking.xread(streams, count=1000, block=_block_ms(timeout))
+        streams_read = cast(list[tuple[str, Any]] | None, reply)
+        return [event for _stream, entries in streams_read or [] for event in _events(entries)]
+
+    async def first_kept_sequence(self, run_id: str) -> int:
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hget(self._keys.run(run_id), "seq")
+        pipe.xrange(self._keys.events(run_id), count=1)
+        with _reachable():
+            last, first = await pipe.execute()
+        if last is None:
+            raise RunNotFound(run_id)
+        return _sequence(first[0][0]) if first else int(last) + 1
+
+    async def list_runs(self, filter: RunFilter, limit: int, cursor: str) -> Page:
+        """Scan the most specific index newest first, filtering the rest on the run hashes."""
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        position = decode_cursor(cursor)
+        if filter.workflow_id:
+            index = self._keys.index_workflow(filter.workflow_id)
+        elif filter.resource_id:
+            index = self._keys.index_resource(filter.resource_id)
+        else:
+            index = self._keys.index_all
+        high = math.inf if filter.created_before is None else filter.created_before
+        if position is not None:
+            high = min(high, position[0])
+        low = -math.inf if filter.created_after is None else filter.created_after
+        batch = max(limit, 100)
+        # Entries are read as (score <= high) from `offset`; offset counts the entries at
+        # exactly `high` already seen, so each step resumes where the last one stopped.
+        offset = 0
+        rows: list[RunRow] = []
+        while True:
+            with _reachable():
+                reply = await self._redis.zrevrangebyscore(
+                    index, high, low, start=offset, num=batch, withscores=True
+                )
+            entries = cast(list[tuple[str, float]], reply)
+            candidates = [
+                entry for entry in entries if position is None or (entry[1], entry[0]) < position
+            ]
+            found = await self._rows(index, candidates)
+            for i, row in enumerate(found):
+                if not matches(row, filter):
+                    continue
+                rows.append(row)
+                if len(rows) == limit:
+                    # Unread entries may all fail the filter: the next page can be empty.
+                    more = len(entries) == batch or i < len(found) - 1
+                    return Page(rows=rows, next_cursor=encode_cursor(row) if more else "")
+            if len(entries) < batch:
+                return Page(rows=rows, next_cursor="")
+            last_score = entries[-1][1]
+            if last_score == high:
+                offset += len(entries)
+            else:
+                high = last_score
+                offset = sum(1 for _run_id, score in entries if score == last_score)
+
+    async def delete(self, run_id: str) -> bool:
+        with _reachable():
+            reply = await self._delete(keys=self._run_keys(run_id))
+            if reply[0] == 0:
+                return False
+            # A crash before this leaves index entries that list_runs skips and removes.
+            pipe = self._redis.pipeline(transaction=False)
+            for index in self._keys.indexes(str(reply[1]), str(reply[2])):
+                pipe.zrem(index, run_id)
+            await pipe.execute()
+        return True
+
+    async def close(self) -> None:
+        """Close the clients this store created (not a client passed in)."""
+        for client in self._owned:
+            await client.aclose()
+
+    def _run_keys(self, run_id: str) -> list[str]:
+        return [self._keys.run(run_id), self._keys.events(run_id)]
+
+    async def _read_group(self, consumer: str, count: int, block: float) -> Any:
+        async with asyncio.timeout(max(block, 0.0) + self._grace):
+            return await self._blocking.xreadgroup(
+                self._keys.group,
+                consumer,
+                {self._keys.queue: ">"},
+                count=count,
+                block=_block_ms(block),
+            )
+
+    async def _create_group(self) -> None:
+        # From id 0, so runs queued before the group existed are delivered too.
+        try:
+            await self._redis.xgroup_create(
+                self._keys.queue, self._keys.group, id="0", mkstream=True
+            )
+        except redis_errors.ResponseError as err:
+            if not str(err).startswith("BUSYGROUP"):
+                raise
+
+    async def _rows(self, index: str, candidates: list[tuple[str, float]]) -> list[RunRow]:
+        """The rows of these index entries, in order; entries whose run is gone are dropped
+        from the index."""
+        if not candidates:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        for run_id, _score in candidates:
+            pipe.hmget(self._keys.run(run_id), _ROW_FIELDS)
+        with _reachable():
+            replies = await pipe.execute()
+        rows: list[RunRow] = []
+        gone: list[str] = []
+        for (run_id, _score), (workflow_id, resource_id, status, created, updated) in zip(
+            candidates, replies, strict=True
+        ):
+            if workflow_id is None:
+                gone.append(run_id)
+                continue
+            rows.append(
+                RunRow(
+                    run_id=run_id,
+                    workflow_id=workflow_id,
+                    resource_id=resource_id,
+                    status=RunStatus(status),
+                    created_at=float(created),
+                    updated_at=float(updated),
+                )
+            )
+        if gone:
+            with _reachable():
+                await self._redis.zrem(index, *gone)
+        return rows
+
+
+@contextlib.contextmanager
+def _reachable() -> Iterator[None]:
+    """Turn a lost connection, an unanswered command or a Redis that refuses writes (a
+    read-only replica after failover, out of memory) into `StoreUnavailable`."""
+    try:
+        yield
+    except (redis_errors.ConnectionError, redis_errors.TimeoutError, TimeoutError) as err:
+        raise StoreUnavailable(f"redis is unreachable: {err or type(err).__name__}") from err
+    except (redis_errors.ReadOnlyError, redis_errors.OutOfMemoryError) as err:
+        raise StoreUnavailable(f"redis refused the command: {err}") from err
+
+
+def _stored(fields: Sequence[Any], now: float) -> StoredRun:
+    snap, version, sequence, cancel, owner, lease_until = fields
+    return StoredRun(
+        snapshot=Snapshot.model_validate_json(snap),
+        version=int(version),
+        last_sequence=int(sequence),
+        cancel_requested=cancel == "1",
+        leased=bool(owner) and float(lease_until) >= now,
+    )
+
+
+def _events(entries: Any) -> list[Event]:
+    return [
+        Event.model_validate_json(fields[scripts.EVENT_FIELD]).model_copy(
+            update={"sequence": _sequence(entry_id)}
+        )
+        for entry_id, fields in entries or []
+    ]
+
+
+def _sequence(entry_id: str) -> int:
+    return int(entry_id.removeprefix("0-"))
+
+
+def _block_ms(seconds: float) -> int | None:
+    """XREAD's BLOCK argument: None (do not block) for <= 0, since BLOCK 0 waits forever."""
+    if seconds <= 0:
+        return None
+    return max(1, math.ceil(seconds * 1000))
+
+
+def _without_socket_timeout(client: Redis) -> Redis:
+    pool = client.connection_pool
+    options = {**pool.connection_kwargs, "socket_timeout": None}
+    return Redis.from_pool(ConnectionPool(connection_class=pool.connection_class, **options))

@@ -1,0 +1,871 @@
+"""One suite for every `Store`: each test runs against the memory and the Redis store.
+
+The Redis-only tests at the end cover what the memory store has no notion of: an unreachable
+server, blocking reads on a client with a short socket timeout, and the key layout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+from redis.crc import key_slot
+from stepline.server.errors import (
+    InvalidArgument,
+    LeaseLost,
+    RunNotFound,
+    StoreConflict,
+    StoreUnavailable,
+)
+from stepline.server.model import Event, EventType, RunStatus, Snapshot
+from stepline.server.store import (
+    RedisStore,
+    RunFilter,
+    Store,
+    StoredRun,
+    WriteOutcome,
+)
+from stepline.server.store.keys import Keys, encode
+
+PENDING, RUNNING, WAITING = RunStatus.PENDING, RunStatus.RUNNING, RunStatus.WAITING
+SUSPENDED, SUCCESS = RunStatus.SUSPENDED, RunStatus.SUCCESS
+FAILED, CANCELED = RunStatus.FAILED, RunStatus.CANCELED
+
+# Ids that would collide or escape their hash tag under a naive key layout.
+TRICKY_IDS = [
+    "a", "{a}", "a}", "{a", "{", "}", "{}", "a:events", "run:{a}:events", "a b", " a", "a\nb",
+    "*", "a*", "?", "[a]", "%", "%25", "", "ünï ✓",
+]  # fmt: skip
+
+
+def snapshot(
+    run_id: str = "run-1",
+    *,
+    workflow_id: str = "wf",
+    resource_id: str = "",
+    status: RunStatus = PENDING,
+    created_at: float = 1000.0,
+    **fields: Any,
+) -> Snapshot:
+    return Snapshot(
+        run_id=run_id,
+        workflow_id=workflow_id,
+        resource_id=resource_id,
+        status=status,
+        created_at=created_at,
+        updated_at=created_at,
+        **fields,
+    )
+
+
+def events(*step_ids: str) -> list[Event]:
+    return [Event(type=EventType.STEP_START, data={"step_id": step_id}) for step_id in step_ids]
+
+
+def step_ids(found: Sequence[Event]) -> list[str]:
+    return [event.data["step_id"] for event in found]
+
+
+async def create(store: Store, run_id: str = "run-1", **fields: Any) -> StoredRun:
+    outcome = await store.create(snapshot(run_id, **fields))
+    assert outcome.created
+    return outcome.run
+
+
+async def held(store: Store, run_id: str = "run-1", *, ttl: float = 30.0) -> int:
+    """Create and lease a run; returns the fence."""
+    await create(store, run_id)
+    lease = await store.acquire(run_id, "worker-1", ttl)
+    assert lease is not None
+    return lease.fence
+
+
+async def get(store: Store, run_id: str = "run-1") -> StoredRun:
+    stored = await store.get(run_id)
+    assert stored is not None
+    return stored
+
+
+# -- create and get --------------------------------------------------------------------------
+
+
+async def test_create_records_a_pending_run(store: Store) -> None:
+    snap = snapshot(input={"x": [1, 2]}, request_id="req-1")
+
+    outcome = await store.create(snap)
+
+    assert outcome.created
+    assert outcome.run.snapshot == snap
+    assert outcome.run.last_sequence == 0
+    assert not outcome.run.cancel_requested
+    assert not outcome.run.leased
+    assert await store.get("run-1") == outcome.run
+
+
+async def test_create_of_an_existing_id_returns_it_and_writes_nothing(store: Store) -> None:
+    first = await store.create(snapshot(input="first"))
+
+    again = await store.create(snapshot(input="second", workflow_id="other", created_at=5.0))
+
+    assert not again.created
+    assert again.run == first.run
+    assert await store.get("run-1") == first.run
+    assert [item.run_id for item in await store.dequeue("c1", 10, 0)] == ["run-1"]
+    assert (await store.list_runs(RunFilter(workflow_id="other"), 10, "")).rows == []
+
+
+async def test_tricky_run_ids_do_not_collide(store: Store) -> None:
+    for i, run_id in enumerate(TRICKY_IDS):
+        assert (await store.create(snapshot(run_id, input=i))).created
+        lease = await store.acquire(run_id, "worker-1", 30)
+        assert lease is not None
+        own_events = events(*(f"{i}.{n}" for n in range(i % 3 + 1)))
+        await store.write(snapshot(run_id, input=i, status=RUNNING), own_events, fence=lease.fence)
+
+    for i, run_id in enumerate(TRICKY_IDS):
+        assert (await get(store, run_id)).snapshot.input == i
+        found = await store.read_events(run_id, 0)
+        assert step_ids(found) == [f"{i}.{n}" for n in range(i % 3 + 1)]
+    page = await store.list_runs(RunFilter(), 100, "")
+    assert sorted(row.run_id for row in page.rows) == sorted(TRICKY_IDS)
+
+
+async def test_get_of_a_missing_run_is_none(store: Store) -> None:
+    assert await store.get("missing") is None
+
+
+async def test_stored_state_is_a_copy(store: Store) -> None:
+    snap = snapshot(state={"items": [1]})
+    fence = await held(store)
+    written = events("a")
+    await store.write(snap, written, fence=fence)
+
+    snap.state["items"].append(2)
+    written[0].data["extra"] = True
+    (await get(store)).snapshot.state["items"].append(3)
+    (await store.read_events("run-1", 0))[0].data["extra"] = True
+
+    assert (await get(store)).snapshot.state == {"items": [1]}
+    assert (await store.read_events("run-1", 0))[0].data == {"step_id": "a"}
+
+
+async def test_values_come_back_as_json_holds_them(store: Store) -> None:
+    fence = await held(store)
+
+    await store.write(
+        snapshot(status=RUNNING, input=(1, 2)),
+        [Event(type=EventType.STEP_OUTPUT, data={"t": (3,)})],
+        fence=fence,
+    )
+
+    assert (await get(store)).snapshot.input == [1, 2]
+    assert (await store.read_events("run-1", 0))[0].data == {"t": [3]}
+
+
+async def test_durable_says_whether_runs_outlive_the_process(store: Store) -> None:
+    assert store.durable is isinstance(store, RedisStore)
+
+
+# -- write -----------------------------------------------------------------------------------
+
+
+async def test_holder_writes_with_its_fence(store: Store) -> None:
+    run = await create(store)
+    lease = await store.acquire("run-1", "worker-1", 30)
+    assert lease is not None
+    assert lease.run.leased
+
+    outcome = await store.write(
+        snapshot(status=RUNNING, state={"k": 1}), events("a", "b"), fence=lease.fence
+    )
+
+    assert outcome == WriteOutcome(version=run.version + 1, last_sequence=2, cancel_requested=False)
+    stored = await get(store)
+    assert stored.snapshot.state == {"k": 1}
+    assert stored.snapshot.status is RUNNING
+    assert (stored.version, stored.last_sequence, stored.leased) == (outcome.version, 2, True)
+
+
+async def test_stale_fence_raises_lease_lost_and_writes_nothing(store: Store) -> None:
+    fence = await held(store)
+    await store.write(snapshot(status=RUNNING), events("a"), fence=fence)
+    before = await get(store)
+
+    for stale in (fence + 1, fence - 1):
+        with pytest.raises(LeaseLost):
+            await store.write(snapshot(status=SUCCESS, result=1), events("b", "c"), fence=stale)
+
+    assert await get(store) == before
+    assert step_ids(await store.read_events("run-1", 0)) == ["a"]
+
+
+async def test_unheld_write_compares_and_sets_the_version(store: Store) -> None:
+    run = await create(store)
+
+    outcome = await store.write(
+        snapshot(status=SUSPENDED), events("s"), expected_version=run.version
+    )
+
+    assert outcome.version == run.version + 1
+    with pytest.raises(StoreConflict):
+        await store.write(snapshot(input="lost"), events("x"), expected_version=run.version)
+    stored = await get(store)
+    assert (stored.snapshot.status, stored.snapshot.input) == (SUSPENDED, None)
+    assert stored.version == outcome.version
+    assert step_ids(await store.read_events("run-1", 0)) == ["s"]
+
+
+async def test_unheld_write_is_refused_while_a_lease_holds_the_run(store: Store) -> None:
+    run = await create(store)
+    lease = await store.acquire("run-1", "worker-1", 30)
+    assert lease is not None
+
+    with pytest.raises(StoreConflict):
+        await store.write(snapshot(status=CANCELED), events("x"), expected_version=run.version)
+
+    assert (await get(store)).snapshot.status is PENDING
+    assert await store.read_events("run-1", 0) == []
+    await store.release("run-1", lease.fence)
+    await store.write(snapshot(status=CANCELED), expected_version=run.version)
+    assert (await get(store)).snapshot.status is CANCELED
+
+
+async def test_unheld_write_after_expiry_fences_out_the_old_holder(store: Store) -> None:
+    run = await create(store)
+    lease = await store.acquire("run-1", "worker-1", 0.05)
+    assert lease is not None
+    await asyncio.sleep(0.1)
+
+    await store.write(snapshot(status=CANCELED), expected_version=run.version)
+
+    with pytest.raises(LeaseLost):
+        await store.write(snapshot(status=SUCCESS), fence=lease.fence)
+    assert (await get(store)).snapshot.status is CANCELED
+
+
+async def test_write_needs_exactly_one_guard(store: Store) -> None:
+    run = await create(store)
+    with pytest.raises(ValueError, match="exactly one guard"):
+        await store.write(snapshot())
+    with pytest.raises(ValueError, match="exactly one guard"):
+        await store.write(snapshot(), fence=1, expected_version=run.version)
+
+
+async def test_write_to_a_missing_run_raises_run_not_found(store: Store) -> None:
+    with pytest.raises(RunNotFound):
+        await store.write(snapshot("missing"), events("a"), fence=1)
+    with pytest.raises(RunNotFound):
+        await store.write(snapshot("missing"), expected_version=1)
+    assert await store.get("missing") is None
+
+
+async def test_sequences_are_dense_across_writes(store: Store) -> None:
+    fence = await held(store)
+    total = 0
+
+    for batch in (["a", "b"], [], ["c", "d", "e"], ["f"]):
+        outcome = await store.write(snapshot(status=RUNNING), events(*batch), fence=fence)
+        total += len(batch)
+        assert outcome.last_sequence == total
+
+    found = await store.read_events("run-1", 0)
+    assert [event.sequence for event in found] == [1, 2, 3, 4, 5, 6]
+    assert step_ids(found) == ["a", "b", "c", "d", "e", "f"]
+    assert (await get(store)).last_sequence == 6
+
+
+async def test_write_with_release_ends_the_lease(store: Store) -> None:
+    fence = await held(store)
+
+    await store.write(snapshot(status=RUNNING), events("a"), fence=fence, release=True)
+
+    assert not (await get(store)).leased
+    with pytest.raises(LeaseLost):
+        await store.write(snapshot(status=RUNNING), fence=fence)
+    lease = await store.acquire("run-1", "worker-2", 30)
+    assert lease is not None
+    assert lease.fence > fence
+
+
+# -- events ----------------------------------------------------------------------------------
+
+
+async def test_read_events_after_a_sequence_with_a_limit(store: Store) -> None:
+    fence = await held(store)
+    sent = events("a", "b", "c", "d", "e", "f")
+    await store.write(snapshot(status=RUNNING), sent, fence=fence)
+
+    assert [event.sequence for event in await store.read_events("run-1", 2, limit=3)] == [3, 4, 5]
+    assert [event.sequence for event in await store.read_events("run-1", 0, limit=1)] == [1]
+    assert await store.read_events("run-1", 6) == []
+    first = (await store.read_events("run-1", 0))[0]
+    assert first == sent[0].model_copy(update={"sequence": 1})
+
+
+async def test_sizes_must_be_positive(store: Store) -> None:
+    await create(store)
+    with pytest.raises(ValueError, match="limit"):
+        await store.read_events("run-1", 0, limit=0)
+    with pytest.raises(ValueError, match="limit"):
+        await store.list_runs(RunFilter(), 0, "")
+    with pytest.raises(ValueError, match="count"):
+        await store.dequeue("c1", 0, 0)
+
+
+async def test_read_events_of_a_missing_run_raises_run_not_found(store: Store) -> None:
+    with pytest.raises(RunNotFound):
+        await store.read_events("missing", 0)
+    with pytest.raises(RunNotFound):
+        await store.wait_events("missing", 0, 0.1)
+
+
+async def test_wait_events_returns_what_is_already_there(store: Store) -> None:
+    fence = await held(store)
+    await store.write(snapshot(status=RUNNING), events("a", "b"), fence=fence)
+
+    async with asyncio.timeout(2):
+        found = await store.wait_events("run-1", 1, 30)
+
+    assert [event.sequence for event in found] == [2]
+
+
+async def test_wait_events_blocks_until_another_task_writes(store: Store) -> None:
+    fence = await held(store)
+    await store.write(snapshot(status=RUNNING), events("a"), fence=fence)
+    waiter = asyncio.create_task(store.wait_events("run-1", 1, 10))
+    await asyncio.sleep(0.2)
+    assert not waiter.done()
+
+    await store.write(snapshot(status=RUNNING), events("b", "c"), fence=fence)
+
+    found = await asyncio.wait_for(waiter, 5)
+    assert [event.sequence for event in found] == [2, 3]
+    assert step_ids(found) == ["b", "c"]
+
+
+async def test_wait_events_returns_nothing_on_timeout(store: Store) -> None:
+    await create(store)
+
+    started = time.monotonic()
+    assert await store.wait_events("run-1", 0, 0.3) == []
+    assert 0.25 <= time.monotonic() - started < 3
+
+    async with asyncio.timeout(2):
+        assert await store.wait_events("run-1", 0, 0) == []
+
+
+async def test_first_kept_sequence_is_one_when_nothing_was_trimmed(store: Store) -> None:
+    fence = await held(store)
+    assert await store.first_kept_sequence("run-1") == 1
+
+    await store.write(snapshot(status=RUNNING), events("a", "b", "c"), fence=fence)
+
+    assert await store.first_kept_sequence("run-1") == 1
+    with pytest.raises(RunNotFound):
+        await store.first_kept_sequence("missing")
+
+
+# -- leases ----------------------------------------------------------------------------------
+
+
+async def test_acquire_takes_a_pending_run_once(store: Store) -> None:
+    await create(store)
+
+    lease = await store.acquire("run-1", "worker-1", 30)
+
+    assert lease is not None
+    assert (lease.run_id, lease.run.snapshot.run_id, lease.run.leased) == ("run-1", "run-1", True)
+    assert lease.fence >= 1
+    assert (await get(store)).leased
+    assert await store.acquire("run-1", "worker-2", 30) is None
+    assert await store.acquire("missing", "worker-2", 30) is None
+
+
+@pytest.mark.parametrize("status", [RUNNING, WAITING])
+async def test_acquire_takes_an_unheld_active_run(store: Store, status: RunStatus) -> None:
+    run = await create(store)
+    await store.write(snapshot(status=status), expected_version=run.version)
+
+    lease = await store.acquire("run-1", "worker-1", 30)
+
+    assert lease is not None
+    assert lease.run.snapshot.status is status
+
+
+@pytest.mark.parametrize("status", [SUSPENDED, SUCCESS, FAILED, CANCELED])
+async def test_acquire_refuses_a_settled_run(store: Store, status: RunStatus) -> None:
+    run = await create(store)
+    await store.write(snapshot(status=status), expected_version=run.version)
+
+    assert await store.acquire("run-1", "worker-1", 30) is None
+    assert not (await get(store)).leased
+
+
+async def test_expired_lease_is_taken_over_with_a_higher_fence(store: Store) -> None:
+    await create(store)
+    old = await store.acquire("run-1", "worker-1", 0.05)
+    assert old is not None
+    await asyncio.sleep(0.1)
+    assert not (await get(store)).leased
+
+    new = await store.acquire("run-1", "worker-2", 30)
+
+    assert new is not None
+    assert new.fence > old.fence
+    with pytest.raises(LeaseLost):
+        await store.write(snapshot(status=RUNNING), events("late"), fence=old.fence)
+    assert not await store.renew("run-1", old.fence, 30)
+    await store.release("run-1", old.fence)
+    assert (await get(store)).leased
+    await store.write(snapshot(status=RUNNING), events("a"), fence=new.fence)
+    assert step_ids(await store.read_events("run-1", 0)) == ["a"]
+
+
+async def test_renew_extends_a_current_lease_only(store: Store) -> None:
+    fence = await held(store, ttl=0.2)
+
+    assert await store.renew("run-1", fence, 30)
+    await asyncio.sleep(0.3)
+
+    assert (await get(store)).leased
+    assert await store.acquire("run-1", "worker-2", 30) is None
+    assert not await store.renew("run-1", fence + 1, 30)
+    assert not await store.renew("missing", 1, 30)
+
+
+async def test_release_hands_the_run_back(store: Store) -> None:
+    fence = await held(store)
+
+    await store.release("run-1", fence)
+
+    assert not (await get(store)).leased
+    with pytest.raises(LeaseLost):
+        await store.write(snapshot(status=RUNNING), fence=fence)
+    assert not await store.renew("run-1", fence, 30)
+    lease = await store.acquire("run-1", "worker-2", 30)
+    assert lease is not None
+    assert lease.fence == fence + 1
+    await store.release("missing", 1)
+
+
+# -- cancel ----------------------------------------------------------------------------------
+
+
+async def test_request_cancel_needs_a_live_lease(store: Store) -> None:
+    await create(store)
+
+    assert not await store.request_cancel("run-1")
+    assert not await store.request_cancel("missing")
+
+    assert not (await get(store)).cancel_requested
+
+
+async def test_cancel_request_reaches_every_listener(store: Store) -> None:
+    await held(store)
+    listeners = [store.cancel_requests() for _ in range(2)]
+    firsts = [asyncio.create_task(_first(listener)) for listener in listeners]
+    try:
+        # A subscription starts with the first iteration; repeat until both have seen one.
+        for _attempt in range(100):
+            assert await store.request_cancel("run-1")
+            done, _pending = await asyncio.wait(firsts, timeout=0.05)
+            if len(done) == len(firsts):
+                break
+        assert [first.result() for first in firsts] == ["run-1", "run-1"]
+    finally:
+        for first in firsts:
+            first.cancel()
+        for listener in listeners:
+            assert isinstance(listener, AsyncGenerator)
+            await listener.aclose()
+
+
+async def test_cancel_request_reaches_the_holder_through_its_writes(store: Store) -> None:
+    fence = await held(store)
+
+    assert await store.request_cancel("run-1")
+
+    assert (await get(store)).cancel_requested
+    await store.release("run-1", fence)
+    lease = await store.acquire("run-1", "worker-2", 30)
+    assert lease is not None
+    assert lease.run.cancel_requested
+    running = await store.write(snapshot(status=RUNNING), events("a"), fence=lease.fence)
+    assert running.cancel_requested
+    final = await store.write(snapshot(status=CANCELED), fence=lease.fence, release=True)
+    assert final.cancel_requested
+    # Once the run settles the request has been honoured.
+    assert not (await get(store)).cancel_requested
+
+
+# -- queue -----------------------------------------------------------------------------------
+
+
+async def test_create_queues_the_run(store: Store) -> None:
+    await create(store, "a")
+    await create(store, "b")
+
+    items = await store.dequeue("c1", 10, 0.5)
+
+    assert [item.run_id for item in items] == ["a", "b"]
+    for item in items:
+        await store.ack(item)
+    assert await store.dequeue("c1", 10, 0) == []
+
+
+async def test_dequeue_waits_up_to_block(store: Store) -> None:
+    started = time.monotonic()
+    assert await store.dequeue("c1", 1, 0.3) == []
+    assert 0.25 <= time.monotonic() - started < 3
+
+    async with asyncio.timeout(2):
+        assert await store.dequeue("c1", 1, 0) == []
+
+
+async def test_dequeue_wakes_when_work_arrives(store: Store) -> None:
+    taker = asyncio.create_task(store.dequeue("c1", 5, 10))
+    await asyncio.sleep(0.2)
+    assert not taker.done()
+
+    await store.enqueue("run-9")
+
+    items = await asyncio.wait_for(taker, 5)
+    assert [item.run_id for item in items] == ["run-9"]
+
+
+async def test_dequeue_takes_at_most_count(store: Store) -> None:
+    for run_id in ("a", "b", "c"):
+        await store.enqueue(run_id)
+
+    assert [item.run_id for item in await store.dequeue("c1", 2, 0)] == ["a", "b"]
+    assert [item.run_id for item in await store.dequeue("c1", 2, 0)] == ["c"]
+
+
+async def test_each_item_goes_to_one_consumer(store: Store) -> None:
+    run_ids = [f"run-{i}" for i in range(30)]
+    for run_id in run_ids:
+        await store.enqueue(run_id)
+
+    async def drain(consumer: str) -> list[str]:
+        taken: list[str] = []
+        while items := await store.dequeue(consumer, 3, 0.2):
+            taken += [item.run_id for item in items]
+            for item in items:
+                await store.ack(item)
+        return taken
+
+    first, second = await asyncio.gather(drain("c1"), drain("c2"))
+
+    assert sorted(first + second) == sorted(run_ids)
+
+
+# -- list ------------------------------------------------------------------------------------
+
+# run id, workflow, resource, created_at, status
+LISTED = [
+    ("r1", "wf-a", "res-1", 100.0, PENDING),
+    ("r2", "wf-a", "res-2", 200.0, SUCCESS),
+    ("r3", "wf-b", "res-1", 300.0, FAILED),
+    ("r4", "wf-a", "", 300.0, SUSPENDED),
+    ("r5", "wf-b", "res-2", 400.0, PENDING),
+]
+
+
+async def seed(store: Store) -> None:
+    for run_id, workflow_id, resource_id, created_at, status in LISTED:
+        run = await create(
+            store, run_id, workflow_id=workflow_id, resource_id=resource_id, created_at=created_at
+        )
+        if status is not PENDING:
+            update = run.snapshot.model_copy(update={"status": status, "updated_at": 999.0})
+            await store.write(update, expected_version=run.version)
+
+
+async def test_list_runs_newest_first(store: Store) -> None:
+    await seed(store)
+
+    page = await store.list_runs(RunFilter(), 100, "")
+
+    assert [row.run_id for row in page.rows] == ["r5", "r4", "r3", "r2", "r1"]
+    assert page.next_cursor == ""
+    r2 = page.rows[3]
+    assert (r2.workflow_id, r2.resource_id, r2.status) == ("wf-a", "res-2", SUCCESS)
+    assert (r2.created_at, r2.updated_at) == (200.0, 999.0)
+
+
+@pytest.mark.parametrize(
+    ("filter", "expected"),
+    [
+        (RunFilter(workflow_id="wf-a"), ["r4", "r2", "r1"]),
+        (RunFilter(resource_id="res-1"), ["r3", "r1"]),
+        (RunFilter(workflow_id="wf-b", resource_id="res-2"), ["r5"]),
+        (RunFilter(statuses=frozenset({PENDING, SUSPENDED})), ["r5", "r4", "r1"]),
+        (RunFilter(created_after=200.0, created_before=300.0), ["r4", "r3", "r2"]),
+        (RunFilter(workflow_id="wf-a", created_after=150.0), ["r4", "r2"]),
+        (RunFilter(resource_id="res-2", statuses=frozenset({SUCCESS})), ["r2"]),
+        (RunFilter(created_before=99.0), []),
+        (RunFilter(workflow_id="missing"), []),
+    ],
+    ids=["workflow", "resource", "both", "statuses", "created", "wf+after", "res+status",
+         "before-all", "unknown"],
+)  # fmt: skip
+async def test_list_runs_filters(store: Store, filter: RunFilter, expected: list[str]) -> None:
+    await seed(store)
+
+    page = await store.list_runs(filter, 100, "")
+
+    assert [row.run_id for row in page.rows] == expected
+
+
+@pytest.mark.parametrize("limit", [1, 2, 3, 7])
+async def test_pages_cover_every_row_exactly_once(store: Store, limit: int) -> None:
+    # Groups of three share a created_at, so the run id breaks ties.
+    for i in range(12):
+        await create(store, f"run-{i:02}", created_at=1000.0 + i // 3)
+    expected = sorted(
+        (f"run-{i:02}" for i in range(12)), key=lambda r: (1000.0 + int(r[4:]) // 3, r)
+    )[::-1]
+
+    assert await _all_pages(store, RunFilter(), limit) == expected
+
+
+async def test_filtered_pages_span_more_runs_than_one_scan(store: Store) -> None:
+    for i in range(250):
+        run = await create(store, f"run-{i:03}", created_at=float(i // 7))
+        if i % 5:
+            await store.write(
+                snapshot(f"run-{i:03}", status=CANCELED), expected_version=run.version
+            )
+    expected = sorted((f"run-{i:03}" for i in range(250) if i % 5 == 0), reverse=True)
+
+    pending = RunFilter(statuses=frozenset({PENDING}))
+    assert await _all_pages(store, pending, 7) == expected
+    assert len(await _all_pages(store, RunFilter(), 40)) == 250
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "not base64!",
+        "bm90IGpzb24",
+        base64.urlsafe_b64encode(b"not json").decode(),
+        base64.urlsafe_b64encode(b'{"at": 1, "id": "r"}').decode(),
+        base64.urlsafe_b64encode(b"[1]").decode(),
+        base64.urlsafe_b64encode(b'["1", "r"]').decode(),
+        base64.urlsafe_b64encode(b'[true, "r"]').decode(),
+        base64.urlsafe_b64encode(b'[NaN, "r"]').decode(),
+        base64.urlsafe_b64encode(b'[1e400, "r"]').decode(),
+        base64.urlsafe_b64encode(b'[1, "r", 2]').decode(),
+    ],
+)
+async def test_tampered_cursor_is_an_invalid_argument(store: Store, cursor: str) -> None:
+    await seed(store)
+
+    with pytest.raises(InvalidArgument) as raised:
+        await store.list_runs(RunFilter(), 10, cursor)
+
+    assert raised.value.message == "invalid page token"
+    assert [violation.field for violation in raised.value.violations] == ["page_token"]
+
+
+# -- delete ----------------------------------------------------------------------------------
+
+
+async def test_delete_removes_the_run_everywhere(store: Store) -> None:
+    fence = await held(store)
+    await store.write(snapshot(status=RUNNING), events("a", "b"), fence=fence)
+    await create(store, "other")
+
+    assert await store.delete("run-1")
+
+    assert await store.get("run-1") is None
+    with pytest.raises(RunNotFound):
+        await store.read_events("run-1", 0)
+    with pytest.raises(RunNotFound):
+        await store.first_kept_sequence("run-1")
+    for filter in (RunFilter(), RunFilter(workflow_id="wf")):
+        assert [row.run_id for row in (await store.list_runs(filter, 10, "")).rows] == ["other"]
+    with pytest.raises(RunNotFound):
+        await store.write(snapshot(status=RUNNING), events("c"), fence=fence)
+    with pytest.raises(RunNotFound):
+        await store.write(snapshot(status=RUNNING), expected_version=1)
+    assert await store.acquire("run-1", "worker-2", 30) is None
+    assert not await store.request_cancel("run-1")
+    assert not await store.delete("run-1")
+
+
+async def test_a_deleted_id_can_be_created_again(store: Store) -> None:
+    fence = await held(store)
+    await store.write(snapshot(status=RUNNING), events("a", "b"), fence=fence)
+    await store.delete("run-1")
+
+    fence = await held(store)
+    outcome = await store.write(snapshot(status=RUNNING), events("new"), fence=fence)
+
+    assert outcome.last_sequence == 1
+    assert [(e.sequence, e.data["step_id"]) for e in await store.read_events("run-1", 0)] == [
+        (1, "new")
+    ]
+
+
+# -- Redis only ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def redis_url(redis_server: str) -> AsyncIterator[str]:
+    """The session server's URL, flushed before and after the test."""
+    admin = Redis.from_url(redis_server)
+    await admin.flushdb()
+    try:
+        yield redis_server
+    finally:
+        await admin.flushdb()
+        await admin.aclose()
+
+
+async def test_unreachable_redis_raises_store_unavailable_fast(unused_tcp_port: int) -> None:
+    store = RedisStore.from_url(
+        f"redis://127.0.0.1:{unused_tcp_port}/0", socket_timeout=0.5, connect_timeout=0.5
+    )
+    calls = [
+        store.get("run-1"),
+        store.create(snapshot()),
+        store.write(snapshot(), fence=1),
+        store.wait_events("run-1", 0, 5),
+        store.dequeue("c1", 1, 5),
+        store.list_runs(RunFilter(), 10, ""),
+        _first(store.cancel_requests()),
+    ]
+    try:
+        for call in calls:
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable, match="redis is unreachable"):
+                await call
+            assert time.monotonic() - started < 2
+    finally:
+        await store.close()
+
+
+async def test_blocking_reads_outlast_a_short_socket_timeout(redis_url: str) -> None:
+    store = RedisStore.from_url(redis_url, prefix=_prefix(), socket_timeout=0.2)
+    try:
+        await _blocking_reads_work(store)
+    finally:
+        await store.close()
+
+
+async def test_store_from_a_client_blocks_on_a_pool_of_its_own(redis_url: str) -> None:
+    client = Redis.from_url(redis_url, decode_responses=True, socket_timeout=0.2)
+    store = RedisStore(client, prefix=_prefix())
+    try:
+        await _blocking_reads_work(store)
+    finally:
+        await store.close()
+    # The caller's client stays open.
+    assert await client.ping()
+    await client.aclose()
+
+
+async def test_store_needs_a_decoding_client(redis_url: str) -> None:
+    client = Redis.from_url(redis_url)
+    with pytest.raises(ValueError, match="decode_responses"):
+        RedisStore(client)
+    await client.aclose()
+
+
+async def test_a_runs_keys_share_one_hash_slot(redis_url: str) -> None:
+    keys = Keys("stepline")
+    for run_id in TRICKY_IDS:
+        run_key, events_key = keys.run(run_id), keys.events(run_id)
+        assert key_slot(run_key.encode()) == key_slot(events_key.encode())
+        for key in (run_key, events_key):
+            assert key[key.index("{") + 1 : key.index("}")] == encode(run_id)
+    assert len({keys.run(run_id) for run_id in TRICKY_IDS}) == len(TRICKY_IDS)
+    assert len({keys.events(run_id) for run_id in TRICKY_IDS}) == len(TRICKY_IDS)
+    with pytest.raises(ValueError, match="prefix"):
+        Keys("team{a}")
+
+    # The store writes exactly these keys.
+    store = RedisStore.from_url(redis_url)
+    admin = Redis.from_url(redis_url, decode_responses=True)
+    try:
+        fence = await held(store, "a:{b}")
+        await store.write(snapshot("a:{b}", status=RUNNING), events("x"), fence=fence)
+        expected = {keys.run("a:{b}"), keys.events("a:{b}"), keys.queue}
+        assert expected | set(keys.indexes("wf", "")) == set(await admin.keys("stepline:*"))
+        assert set(await admin.hkeys(keys.run("a:{b}"))) == set(RUN_HASH_FIELDS)
+        entries = await admin.xrange(keys.events("a:{b}")) or []
+        assert [entry_id for entry_id, _fields in entries] == ["0-1"]
+    finally:
+        await store.close()
+        await admin.aclose()
+
+
+async def test_list_skips_and_unindexes_runs_that_are_gone(redis_url: str) -> None:
+    prefix = _prefix()
+    store = RedisStore.from_url(redis_url, prefix=prefix)
+    admin = Redis.from_url(redis_url, decode_responses=True)
+    keys = Keys(prefix)
+    try:
+        for run_id in ("a", "b", "c"):
+            await create(store, run_id)
+        # As if a delete had died between removing the run and its index entries.
+        await admin.delete(keys.run("b"))
+
+        page = await store.list_runs(RunFilter(), 10, "")
+
+        assert [row.run_id for row in page.rows] == ["c", "a"]
+        assert await admin.zscore(keys.index_all, "b") is None
+        assert await admin.zscore(keys.index_all, "a") is not None
+    finally:
+        await store.close()
+        await admin.aclose()
+
+
+RUN_HASH_FIELDS = [
+    "snap", "status", "workflow_id", "resource_id", "created_at", "updated_at", "ver", "seq",
+    "fence", "lease_owner", "lease_until", "cancel", "request_id",
+]  # fmt: skip
+
+
+def _prefix() -> str:
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
+async def _first(iterator: AsyncIterator[str]) -> str:
+    return await anext(iterator)
+
+
+async def _all_pages(store: Store, filter: RunFilter, limit: int) -> list[str]:
+    seen: list[str] = []
+    cursor = ""
+    for _page in range(1000):
+        page = await store.list_runs(filter, limit, cursor)
+        assert len(page.rows) <= limit
+        seen += [row.run_id for row in page.rows]
+        cursor = page.next_cursor
+        if not cursor:
+            return seen
+    raise AssertionError("paging did not end")
+
+
+async def _blocking_reads_work(store: Store) -> None:
+    """Each read blocks for longer than the 0.2 s socket timeout without failing."""
+    await create(store)
+    for item in await store.dequeue("c1", 10, 0):
+        await store.ack(item)
+
+    assert await store.wait_events("run-1", 0, 0.6) == []
+    assert await store.dequeue("c1", 1, 0.6) == []
+
+    fence = (await store.acquire("run-1", "worker-1", 30) or pytest.fail("not acquired")).fence
+    waiter = asyncio.create_task(store.wait_events("run-1", 0, 5))
+    await asyncio.sleep(0.5)
+    await store.write(snapshot(status=RUNNING), events("a"), fence=fence)
+    assert step_ids(await asyncio.wait_for(waiter, 5)) == ["a"]
