@@ -16,6 +16,7 @@ import redis
 from redis.asyncio import Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
 from stepline.server.store import MemoryStore, RedisStore, Store
 
 _STARTUP_SECONDS = 10.0

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 from redis.crc import key_slot
+
 from stepline.server.errors import (
     InvalidArgument,
     LeaseLost,

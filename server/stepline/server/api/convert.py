@@ -1,0 +1,437 @@
+"""Proto ⇄ engine conversion: requests become engine parameters, engine records become messages.
+
+Results are projections of the snapshot: only the fields the contract names are copied, so
+internal bookkeeping (pending resumes, entry state, active steps, versions...) can't leak.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+from stepline.v1 import event_pb2, run_pb2, workflow_pb2
+from stepline.v1 import workflow_service_pb2 as service_pb2
+
+from ..model import ErrorData, Event, EventType, RunStatus, StepRecord, StepStatus
+from ..runs import ResumeParams, StartParams
+from ..store import RunFilter, RunRow, StoredRun
+from .values import (
+    RequestDecoder,
+    from_timestamp,
+    to_list_value,
+    to_struct,
+    to_timestamp,
+    to_value,
+)
+
+MAX_PAGE_SIZE = 1000
+DEFAULT_PAGE_SIZE = 100
+
+# -- enums ---------------------------------------------------------------------------------------
+
+RUN_STATUS_TO_PROTO: dict[RunStatus, run_pb2.RunStatus.ValueType] = {
+    RunStatus.PENDING: run_pb2.RUN_STATUS_PENDING,
+    RunStatus.RUNNING: run_pb2.RUN_STATUS_RUNNING,
+    RunStatus.WAITING: run_pb2.RUN_STATUS_WAITING,
+    RunStatus.SUSPENDED: run_pb2.RUN_STATUS_SUSPENDED,
+    RunStatus.SUCCESS: run_pb2.RUN_STATUS_SUCCESS,
+    RunStatus.FAILED: run_pb2.RUN_STATUS_FAILED,
+    RunStatus.CANCELED: run_pb2.RUN_STATUS_CANCELED,
+}
+RUN_STATUS_FROM_PROTO = {number: status for status, number in RUN_STATUS_TO_PROTO.items()}
+
+STEP_STATUS_TO_PROTO: dict[StepStatus, run_pb2.StepStatus.ValueType] = {
+    StepStatus.RUNNING: run_pb2.STEP_STATUS_RUNNING,
+    StepStatus.SUCCESS: run_pb2.STEP_STATUS_SUCCESS,
+    StepStatus.FAILED: run_pb2.STEP_STATUS_FAILED,
+    StepStatus.SUSPENDED: run_pb2.STEP_STATUS_SUSPENDED,
+    StepStatus.WAITING: run_pb2.STEP_STATUS_WAITING,
+    StepStatus.SKIPPED: run_pb2.STEP_STATUS_SKIPPED,
+    StepStatus.CANCELED: run_pb2.STEP_STATUS_CANCELED,
+}
+STEP_STATUS_FROM_PROTO = {number: status for status, number in STEP_STATUS_TO_PROTO.items()}
+
+START_REASON_TO_PROTO: dict[str, event_pb2.StartReason.ValueType] = {
+    "start": event_pb2.START_REASON_START,
+    "resume": event_pb2.START_REASON_RESUME,
+    "restart": event_pb2.START_REASON_RESTART,
+    "time_travel": event_pb2.START_REASON_TIME_TRAVEL,
+}
+
+
+def run_status(status: object) -> run_pb2.RunStatus.ValueType:
+    """A status (enum or its JSON string from event data); UNSPECIFIED when unrecognised."""
+    try:
+        return RUN_STATUS_TO_PROTO[RunStatus(str(status))]
+    except ValueError:
+        return run_pb2.RUN_STATUS_UNSPECIFIED
+
+
+def step_status(status: object) -> run_pb2.StepStatus.ValueType:
+    """A step status (enum or its JSON string); UNSPECIFIED when unrecognised."""
+    try:
+        return STEP_STATUS_TO_PROTO[StepStatus(str(status))]
+    except ValueError:
+        return run_pb2.STEP_STATUS_UNSPECIFIED
+
+
+# -- results -------------------------------------------------------------------------------------
+
+
+def _optional_value(data: Any) -> Any:
+    """A Value for `data`, or None (field left unset) when there is nothing to send."""
+    return None if data is None else to_value(data)
+
+
+def run_error(error: ErrorData | Mapping[str, Any] | None) -> run_pb2.RunError | None:
+    """An engine error (model or its JSON form inside event data) as a RunError."""
+    if error is None:
+        return None
+    if isinstance(error, ErrorData):
+        error = error.model_dump()
+    return run_pb2.RunError(
+        message=str(error.get("message", "")),
+        name=str(error.get("name", "")),
+        details=_optional_value(error.get("details")),
+    )
+
+
+def step_result(record: StepRecord) -> run_pb2.StepResult:
+    return run_pb2.StepResult(
+        status=step_status(record.status),
+        payload=_optional_value(record.payload),
+        output=_optional_value(record.output),
+        error=run_error(record.error),
+        suspend_payload=_optional_value(record.suspend_payload),
+        resume_payload=_optional_value(record.resume_payload),
+        started_at=to_timestamp(record.started_at),
+        ended_at=to_timestamp(record.ended_at),
+        suspended_at=to_timestamp(record.suspended_at),
+        resumed_at=to_timestamp(record.resumed_at),
+        attempts=record.attempts,
+        suspend_labels=record.suspend_labels,
+        metadata=to_struct(record.metadata) if record.metadata else None,
+    )
+
+
+def run_result(run: StoredRun, *, include_state: bool = False) -> run_pb2.RunResult:
+    """Project a stored run onto the public RunResult."""
+    snapshot = run.snapshot
+    suspended: list[run_pb2.SuspendedStep] = []
+    if snapshot.status is RunStatus.SUSPENDED:
+        for step_id in snapshot.suspended_paths:
+            record = snapshot.steps.get(step_id)
+            suspended.append(
+                run_pb2.SuspendedStep(
+                    path=[step_id],
+                    payload=to_value(record.suspend_payload if record else None),
+                    labels=record.suspend_labels if record else [],
+                )
+            )
+    return run_pb2.RunResult(
+        run_id=snapshot.run_id,
+        workflow_id=snapshot.workflow_id,
+        resource_id=snapshot.resource_id,
+        status=run_status(snapshot.status),
+        input=to_value(snapshot.input),
+        result=to_value(snapshot.result) if snapshot.status is RunStatus.SUCCESS else None,
+        error=run_error(snapshot.error) if snapshot.status is RunStatus.FAILED else None,
+        steps={step_id: step_result(record) for step_id, record in snapshot.steps.items()},
+        suspended=suspended,
+        state=to_struct(snapshot.state) if include_state else None,
+        step_execution_path=snapshot.step_execution_path,
+        trace_id=snapshot.trace_id,
+        created_at=to_timestamp(snapshot.created_at),
+        updated_at=to_timestamp(snapshot.updated_at),
+        last_sequence=run.last_sequence,
+    )
+
+
+def run_summary(row: RunRow) -> run_pb2.RunSummary:
+    return run_pb2.RunSummary(
+        run_id=row.run_id,
+        workflow_id=row.workflow_id,
+        resource_id=row.resource_id,
+        status=run_status(row.status),
+        created_at=to_timestamp(row.created_at),
+        updated_at=to_timestamp(row.updated_at),
+    )
+
+
+def _optional_struct(data: Mapping[str, Any] | None) -> Any:
+    return None if data is None else to_struct(data)
+
+
+def workflow_info(description: Mapping[str, Any]) -> workflow_pb2.WorkflowInfo:
+    """`Workflow.describe()` as a WorkflowInfo."""
+    steps = [
+        workflow_pb2.StepInfo(
+            id=step["id"],
+            description=step.get("description") or "",
+            input_schema=_optional_struct(step.get("input_schema")),
+            output_schema=_optional_struct(step.get("output_schema")),
+            resume_schema=_optional_struct(step.get("resume_schema")),
+            suspend_schema=_optional_struct(step.get("suspend_schema")),
+            state_schema=_optional_struct(step.get("state_schema")),
+            retries=step.get("retries", -1),
+        )
+        for step in description.get("steps", [])
+    ]
+    return workflow_pb2.WorkflowInfo(
+        id=description["id"],
+        description=description.get("description") or "",
+        input_schema=_optional_struct(description.get("input_schema")),
+        output_schema=_optional_struct(description.get("output_schema")),
+        state_schema=_optional_struct(description.get("state_schema")),
+        steps=steps,
+        graph=to_list_value(description.get("graph", [])),
+    )
+
+
+# -- events --------------------------------------------------------------------------------------
+
+
+def run_event(run_id: str, event: Event) -> event_pb2.RunEvent:
+    """One log entry as a RunEvent; `data` keys follow the `Event` docstring."""
+    message = event_pb2.RunEvent(
+        run_id=run_id, sequence=event.sequence, timestamp=to_timestamp(event.timestamp)
+    )
+    data = event.data
+    step_id = str(data.get("step_id", ""))
+
+    def value(key: str) -> Any:
+        return to_value(data[key]) if key in data else None
+
+    def time(key: str) -> Any:
+        return to_timestamp(data.get(key))
+
+    match event.type:
+        case EventType.WORKFLOW_START:
+            message.workflow_start.CopyFrom(
+                event_pb2.WorkflowStartEvent(
+                    workflow_id=str(data.get("workflow_id", "")),
+                    reason=START_REASON_TO_PROTO.get(
+                        str(data.get("reason", "")), event_pb2.START_REASON_UNSPECIFIED
+                    ),
+                )
+            )
+        case EventType.STEP_START:
+            message.step_start.CopyFrom(
+                event_pb2.StepStartEvent(
+                    step_id=step_id,
+                    payload=value("payload"),
+                    started_at=time("started_at"),
+                    resume_payload=value("resume_payload"),
+                    metadata=_optional_struct(data.get("metadata")),
+                )
+            )
+        case EventType.STEP_OUTPUT:
+            message.step_output.CopyFrom(
+                event_pb2.StepOutputEvent(step_id=step_id, output=value("output"))
+            )
+        case EventType.STEP_PROGRESS:
+            message.step_progress.CopyFrom(
+                event_pb2.StepProgressEvent(
+                    step_id=step_id,
+                    completed_count=int(data.get("completed_count", 0)),
+                    total_count=int(data.get("total_count", 0)),
+                    current_index=int(data.get("current_index", 0)),
+                    iteration_status=step_status(data.get("iteration_status")),
+                    iteration_output=value("iteration_output"),
+                )
+            )
+        case EventType.STEP_RESULT:
+            message.step_result.CopyFrom(
+                event_pb2.StepResultEvent(
+                    step_id=step_id,
+                    status=step_status(data.get("status")),
+                    payload=value("payload"),
+                    output=value("output"),
+                    error=run_error(data.get("error")),
+                    started_at=time("started_at"),
+                    ended_at=time("ended_at"),
+                    attempts=int(data.get("attempts", 0)),
+                )
+            )
+        case EventType.STEP_SUSPENDED:
+            message.step_suspended.CopyFrom(
+                event_pb2.StepSuspendedEvent(
+                    step_id=step_id,
+                    payload=value("payload"),
+                    suspend_payload=value("suspend_payload"),
+                    labels=[str(label) for label in data.get("labels", [])],
+                    suspended_at=time("suspended_at"),
+                )
+            )
+        case EventType.STEP_WAITING:
+            message.step_waiting.CopyFrom(
+                event_pb2.StepWaitingEvent(
+                    step_id=step_id,
+                    payload=value("payload"),
+                    started_at=time("started_at"),
+                    wake_at=time("wake_at"),
+                )
+            )
+        case EventType.WORKFLOW_CANCELED:
+            message.workflow_canceled.SetInParent()
+        case EventType.WORKFLOW_FINISH:
+            message.workflow_finish.CopyFrom(
+                event_pb2.WorkflowFinishEvent(
+                    status=run_status(data.get("status")),
+                    result=value("result"),
+                    error=run_error(data.get("error")),
+                    suspended=[
+                        run_pb2.SuspendedStep(
+                            path=[str(segment) for segment in entry.get("path", [])],
+                            payload=to_value(entry.get("payload")),
+                            labels=[str(label) for label in entry.get("labels", [])],
+                        )
+                        for entry in data.get("suspended") or []
+                    ],
+                )
+            )
+    return message
+
+
+# -- requests ------------------------------------------------------------------------------------
+
+StartRequest: TypeAlias = (
+    service_pb2.StartAsyncRequest | service_pb2.StartRequest | service_pb2.StreamRequest
+)
+ResumeRequest: TypeAlias = (
+    service_pb2.ResumeRequest | service_pb2.ResumeAsyncRequest | service_pb2.ResumeStreamRequest
+)
+
+
+def require_id(value: str, field: str) -> str:
+    """A non-empty identifier field, or InvalidArgument naming it."""
+    decoder = RequestDecoder()
+    decoder.required(value, field)
+    decoder.check()
+    return value
+
+
+def start_params(request: StartRequest) -> StartParams:
+    decoder = RequestDecoder()
+    decoder.required(request.workflow_id, "workflow_id")
+    input_data = (
+        decoder.value(request.input_data, "input_data") if request.HasField("input_data") else None
+    )
+    initial_state = (
+        decoder.struct(request.initial_state, "initial_state")
+        if request.HasField("initial_state")
+        else None
+    )
+    request_context = decoder.struct(request.request_context, "request_context")
+    trace_metadata = decoder.struct(request.tracing_options.metadata, "tracing_options.metadata")
+    decoder.check()
+    return StartParams(
+        workflow_id=request.workflow_id,
+        input_data=input_data,
+        run_id=request.run_id,
+        resource_id=request.resource_id,
+        initial_state=initial_state,
+        request_context=request_context,
+        trace_id=request.tracing_options.trace_id,
+        trace_metadata=trace_metadata,
+        request_id=request.request_id,
+    )
+
+
+def resume_params(request: ResumeRequest) -> ResumeParams:
+    decoder = RequestDecoder()
+    decoder.required(request.run_id, "run_id")
+    for index, segment in enumerate(request.step):
+        decoder.required(segment, f"step[{index}]")
+    resume_data = (
+        decoder.value(request.resume_data, "resume_data")
+        if request.HasField("resume_data")
+        else None
+    )
+    request_context = (
+        decoder.struct(request.request_context, "request_context")
+        if request.HasField("request_context")
+        else None
+    )
+    decoder.check()
+    return ResumeParams(
+        run_id=request.run_id,
+        step=tuple(request.step),
+        label=request.label,
+        resume_data=resume_data,
+        request_context=request_context,
+        for_each_index=(request.for_each_index if request.HasField("for_each_index") else None),
+    )
+
+
+@dataclass(frozen=True)
+class RunQuery:
+    """A decoded ListRuns request."""
+
+    filter: RunFilter
+    page_size: int
+    page_token: str
+
+
+def run_query(request: service_pb2.ListRunsRequest) -> RunQuery:
+    decoder = RequestDecoder()
+    statuses: set[RunStatus] = set()
+    for index, number in enumerate(request.statuses):
+        status = RUN_STATUS_FROM_PROTO.get(number)
+        if status is None:
+            decoder.fail(f"statuses[{index}]", f"{number} is not a known run status")
+        else:
+            statuses.add(status)
+    page_size = request.page_size or DEFAULT_PAGE_SIZE
+    if not 0 < page_size <= MAX_PAGE_SIZE:
+        decoder.fail("page_size", f"must be between 0 and {MAX_PAGE_SIZE}")
+    decoder.check()
+    return RunQuery(
+        filter=RunFilter(
+            workflow_id=request.workflow_id,
+            resource_id=request.resource_id,
+            statuses=frozenset(statuses),
+            created_after=(
+                from_timestamp(request.created_after) if request.HasField("created_after") else None
+            ),
+            created_before=(
+                from_timestamp(request.created_before)
+                if request.HasField("created_before")
+                else None
+            ),
+        ),
+        page_size=page_size,
+        page_token=request.page_token,
+    )
+
+
+def wait_timeout(request: service_pb2.GetExecutionResultRequest) -> float:
+    """The requested wait in seconds (0 = answer at once)."""
+    decoder = RequestDecoder()
+    decoder.required(request.run_id, "run_id")
+    seconds = decoder.duration(request.wait_timeout, "wait_timeout")
+    decoder.check()
+    return seconds
+
+
+def watch_cursor(request: service_pb2.WatchRequest) -> int:
+    """The validated `after_sequence` of a Watch request."""
+    decoder = RequestDecoder()
+    decoder.required(request.run_id, "run_id")
+    if request.after_sequence < 0:
+        decoder.fail("after_sequence", "must not be negative")
+    decoder.check()
+    return request.after_sequence
+
+
+def time_travel_run_id(
+    request: service_pb2.TimeTravelRequest | service_pb2.TimeTravelStreamRequest,
+) -> str:
+    """The run id of a time-travel request, after checking its wire-level shape."""
+    decoder = RequestDecoder()
+    decoder.required(request.run_id, "run_id")
+    for index, segment in enumerate(request.step):
+        decoder.required(segment, f"step[{index}]")
+    decoder.check()
+    return request.run_id

@@ -1,0 +1,200 @@
+"""The one table from engine errors to gRPC statuses, and the guard every RPC runs under.
+
+Each status carries `google.rpc.Status` details: ErrorInfo always, plus BadRequest,
+PreconditionFailure, ResourceInfo or RetryInfo where they help the caller act. Anything that is
+not a SteplineError is a bug: it is logged here with its traceback and the caller only sees
+"internal error".
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine
+from contextlib import aclosing
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+from google.protobuf import duration_pb2
+from google.protobuf.message import Message
+
+# googleapis-common-protos ships .pyi stubs but no py.typed marker.
+from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
+from grpc_status import rpc_status
+
+from ..errors import (
+    CursorExpired,
+    FailedPrecondition,
+    InvalidArgument,
+    ResumeAlreadyClaimed,
+    RunAlreadyExists,
+    RunNotFound,
+    SteplineError,
+    StoreUnavailable,
+    Unimplemented,
+    WorkflowNotFound,
+)
+
+DOMAIN = "stepline.dev"
+INTERNAL_MESSAGE = "internal error"
+INTERNAL_REASON = "INTERNAL"
+RUN_RESOURCE = "stepline.v1.Run"
+WORKFLOW_RESOURCE = "stepline.v1.Workflow"
+RETRY_DELAY_SECONDS = 1
+# Details travel in a trailer and clients cap trailer size (gRPC's default is 8 KiB), so an
+# input with hundreds of schema errors reports the first few, plus how many were left out.
+MAX_FIELD_VIOLATIONS = 10
+MAX_TEXT = 200
+MAX_MESSAGE = 1000
+
+log = logging.getLogger(__name__)
+
+CODES: dict[type[SteplineError], grpc.StatusCode] = {
+    WorkflowNotFound: grpc.StatusCode.NOT_FOUND,
+    RunNotFound: grpc.StatusCode.NOT_FOUND,
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    RunAlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    ResumeAlreadyClaimed: grpc.StatusCode.ABORTED,
+    CursorExpired: grpc.StatusCode.OUT_OF_RANGE,
+    Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
+    StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def status_code(error: SteplineError) -> grpc.StatusCode:
+    """The code for an engine error; subclasses inherit their parent's code."""
+    for cls in type(error).__mro__:
+        code = CODES.get(cls)
+        if code is not None:
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def _details(error: SteplineError, metadata: dict[str, str]) -> list[Message]:
+    """The detail messages beyond ErrorInfo; may add keys to `metadata`."""
+    if isinstance(error, InvalidArgument):
+        shown = error.violations[:MAX_FIELD_VIOLATIONS]
+        if len(error.violations) > len(shown):
+            metadata["omitted_violations"] = str(len(error.violations) - len(shown))
+        return [
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=_clip(v.field), description=_clip(v.description)
+                    )
+                    for v in shown
+                ]
+            )
+        ]
+    if isinstance(error, FailedPrecondition):
+        description = f"run is {error.status}"
+        if error.suspended_steps:
+            metadata["suspended_steps"] = ",".join(error.suspended_steps)
+            description += f"; suspended steps: {', '.join(error.suspended_steps)}"
+        return [
+            error_details_pb2.PreconditionFailure(
+                violations=[
+                    error_details_pb2.PreconditionFailure.Violation(
+                        type=error.reason, subject=f"run/{error.run_id}", description=description
+                    )
+                ]
+            )
+        ]
+    if isinstance(error, WorkflowNotFound):
+        return [_resource(WORKFLOW_RESOURCE, error.workflow_id, error.message)]
+    if isinstance(error, RunNotFound | RunAlreadyExists):
+        return [_resource(RUN_RESOURCE, error.run_id, error.message)]
+    if isinstance(error, StoreUnavailable):
+        return [
+            error_details_pb2.RetryInfo(
+                retry_delay=duration_pb2.Duration(seconds=RETRY_DELAY_SECONDS)
+            )
+        ]
+    return []
+
+
+def _clip(text: str, limit: int = MAX_TEXT) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _resource(resource_type: str, name: str, description: str) -> Message:
+    info: Message = error_details_pb2.ResourceInfo(
+        resource_type=resource_type, resource_name=name, description=description
+    )
+    return info
+
+
+def to_status(error: BaseException) -> status_pb2.Status:
+    """The rich status sent for `error`. Non-engine errors become a bare INTERNAL."""
+    if not isinstance(error, SteplineError):
+        code = grpc.StatusCode.INTERNAL
+        message = INTERNAL_MESSAGE
+        info = error_details_pb2.ErrorInfo(reason=INTERNAL_REASON, domain=DOMAIN)
+        extra: list[Message] = []
+    else:
+        code = status_code(error)
+        message = _clip(error.message, MAX_MESSAGE)
+        metadata = {key: str(value) for key, value in error.metadata.items()}
+        extra = _details(error, metadata)
+        info = error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=metadata)
+    status = status_pb2.Status(code=code.value[0], message=message)
+    for detail in [info, *extra]:
+        status.details.add().Pack(detail)
+    return status
+
+
+async def abort(context: Any, error: Exception, *, method: str) -> NoReturn:
+    """End the RPC with the status for `error`, logging what the caller must not see."""
+    if not isinstance(error, SteplineError) or status_code(error) is grpc.StatusCode.INTERNAL:
+        log.error("unhandled error in %s", method, exc_info=error)
+    elif isinstance(error, StoreUnavailable):
+        log.warning("%s: store unavailable: %s", method, error.message)
+    await context.abort_with_status(rpc_status.to_status(to_status(error)))
+    # abort_with_status always raises; this keeps the NoReturn contract honest if it didn't.
+    raise RuntimeError("abort_with_status returned")
+
+
+S = TypeVar("S")
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+def unary(
+    method: Callable[[S, Req, Any], Awaitable[Resp]],
+) -> Callable[[S, Req, Any], Coroutine[Any, Any, Resp]]:
+    """Run a unary RPC method under the error mapping."""
+
+    @functools.wraps(method)
+    async def guarded(self: S, request: Req, context: Any) -> Resp:
+        try:
+            return await method(self, request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as error:
+            await abort(context, error, method=method.__name__)
+
+    return guarded
+
+
+def streaming(
+    method: Callable[[S, Req, Any], AsyncGenerator[Resp, None]],
+) -> Callable[[S, Req, Any], AsyncGenerator[Resp, None]]:
+    """Run a server-streaming RPC method (an async generator) under the error mapping.
+
+    Cancellation (the client went away) is a BaseException and passes through untouched.
+    """
+
+    @functools.wraps(method)
+    async def guarded(self: S, request: Req, context: Any) -> AsyncGenerator[Resp, None]:
+        try:
+            # aclosing: a stream that ends early closes the inner generator (and its reads) now.
+            async with aclosing(method(self, request, context)) as responses:
+                async for response in responses:
+                    yield response
+        except grpc.aio.AbortError:
+            raise
+        except Exception as error:
+            await abort(context, error, method=method.__name__)
+
+    return guarded
