@@ -17,7 +17,10 @@ from redis.asyncio import Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from stepline.server.runs import RunService
 from stepline.server.store import MemoryStore, RedisStore, Store
+from stepline.server.worker import Worker
+from tests.engine_harness import Engine, registry
 
 _STARTUP_SECONDS = 10.0
 
@@ -112,3 +115,13 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+@pytest.fixture
+async def engine(store: Store) -> AsyncIterator[Engine]:
+    """RunService + Worker over the `store` fixture, serving tests/flows.py."""
+    reg = registry()
+    worker = Worker(store, reg, lease_ttl=5.0, poll_block=0.2)
+    await worker.start()
+    yield Engine(RunService(store, reg, cancel_wait=3.0), worker, store)
+    await worker.stop(grace=1.0)

@@ -14,7 +14,14 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from stepline.server import NonRetryableError, RetryPolicy, StepContext, Workflow, step
+from stepline.server import (
+    ConditionContext,
+    NonRetryableError,
+    RetryPolicy,
+    StepContext,
+    Workflow,
+    step,
+)
 
 SEEN: defaultdict[str, list[Any]] = defaultdict(list)
 GATES: dict[str, asyncio.Event] = {}
@@ -307,4 +314,149 @@ cancellable = (
     .then(wait_for_cancel)
     .then(never_after_cancel)
     .commit()
+)
+
+
+# -- loops -------------------------------------------------------------------------------------
+@step(input=Num, output=Num)
+async def increment(ctx: StepContext[Num]) -> Num:
+    SEEN[ctx.run_id].append(("increment", ctx.input.value))
+    return Num(value=ctx.input.value + 1)
+
+
+def _until_three(c: ConditionContext) -> bool:
+    SEEN["conditions"].append(c.iteration_count)
+    return bool(c.input["value"] >= 3)
+
+
+def _loop_explodes(c: ConditionContext) -> bool:
+    raise ZeroDivisionError("bad condition")
+
+
+count_until = (
+    Workflow("count_until", input=Num, output=Num).dountil(increment, _until_three).commit()
+)
+count_while = (
+    Workflow("count_while", input=Num, output=Num)
+    .dowhile(increment, lambda c: c.input["value"] < 3)
+    .commit()
+)
+exploding_loop = (
+    Workflow("exploding_loop", input=Num, output=Num).dountil(increment, _loop_explodes).commit()
+)
+
+
+@step(input=Num, output=Num, resume=dict)
+async def loop_gate(ctx: StepContext[Num]) -> Num:
+    if ctx.resume_data is None:
+        ctx.suspend({"at": ctx.input.value}, label="loop")
+    SEEN[ctx.run_id].append(("loop_gate", ctx.input.value, ctx.resume_data))
+    return Num(value=ctx.input.value + 1)
+
+
+suspending_loop = (
+    Workflow("suspending_loop", input=Num, output=Num)
+    .dountil(loop_gate, lambda c: c.input["value"] >= 2)
+    .commit()
+)
+
+
+# -- foreach and map ---------------------------------------------------------------------------
+IN_FLIGHT: defaultdict[str, int] = defaultdict(int)
+PEAK: defaultdict[str, int] = defaultdict(int)
+
+
+@step(input=Num, output=Num)
+async def tracked(ctx: StepContext[Num]) -> Num:
+    IN_FLIGHT[ctx.run_id] += 1
+    PEAK[ctx.run_id] = max(PEAK[ctx.run_id], IN_FLIGHT[ctx.run_id])
+    try:
+        await asyncio.sleep(0.02 * (ctx.input.value % 3 + 1))
+        if ctx.input.value == 13:
+            raise ValueError("13 is unlucky")
+        return Num(value=ctx.input.value * 10)
+    finally:
+        IN_FLIGHT[ctx.run_id] -= 1
+        SEEN[ctx.run_id].append(("tracked", ctx.input.value))
+
+
+class Batch(BaseModel):
+    items: list[int]
+
+
+def _to_nums(ctx: StepContext[Any]) -> list[dict[str, int]]:
+    SEEN[ctx.run_id].append(("map", ctx.get_init_data()))
+    return [{"value": v} for v in ctx.input["items"]]
+
+
+fanout = (
+    Workflow("fanout", input=Batch, output=list)
+    .map(_to_nums)
+    .foreach(tracked, concurrency=2)
+    .commit()
+)
+
+
+@step(input=Num, output=Num, resume=Answer)
+async def item_gate(ctx: StepContext[Num]) -> Num:
+    if ctx.resume_data is None:
+        ctx.suspend({"item": ctx.input.value}, label=f"item-{ctx.input.value}")
+    return Num(value=ctx.input.value * (2 if ctx.resume_data["approved"] else -1))
+
+
+gated_fanout = (
+    Workflow("gated_fanout", input=Batch, output=list)
+    .map(_to_nums)
+    .foreach(item_gate, concurrency=3)
+    .commit()
+)
+not_a_list = Workflow("not_a_list", input=Num, output=list).foreach(tracked, concurrency=2).commit()
+
+
+# -- sleep -------------------------------------------------------------------------------------
+short_nap = (
+    Workflow("short_nap", input=Num, output=Num).then(add_one).sleep(0.2).then(double).commit()
+)
+long_nap = (
+    Workflow("long_nap", input=Num, output=Num).then(add_one).sleep(2.0).then(double).commit()
+)
+past_nap = Workflow("past_nap", input=Num, output=Num).sleep_until(0.0).then(add_one).commit()
+
+
+# -- nested workflows --------------------------------------------------------------------------
+@step(input=Num, output=Num, resume=Answer, state=Counter)
+async def inner_gate(ctx: StepContext[Num]) -> Num:
+    if ctx.resume_data is None:
+        ctx.suspend({"value": ctx.input.value}, label="inner-approval")
+    ctx.set_state({"count": ctx.state.get("count", 0) + 100})
+    return Num(value=ctx.input.value if ctx.resume_data["approved"] else 0)
+
+
+inner_flow = (
+    Workflow("inner_flow", input=Num, output=Num, state=Counter)
+    .then(add_one)
+    .then(inner_gate)
+    .commit()
+)
+outer_flow = (
+    Workflow("outer_flow", input=Num, output=Num, state=Counter)
+    .then(count_up)
+    .then(inner_flow)
+    .then(double)
+    .commit()
+)
+failing_inner = Workflow("failing_inner", input=Num, output=Num).then(fast_fail).commit()
+outer_failing = (
+    Workflow("outer_failing", input=Num, output=Num).then(add_one).then(failing_inner).commit()
+)
+inner_waits = Workflow("inner_waits", input=Wait, output=dict).then(wait_for_cancel).commit()
+outer_cancellable = (
+    Workflow("outer_cancellable", input=Wait, output=dict)
+    .then(inner_waits)
+    .then(never_after_cancel)
+    .commit()
+)
+inner_aborts = Workflow("inner_aborts", input=Flag, output=Flag).then(maybe_stop).commit()
+outer_aborted = (
+    Workflow("outer_aborted", input=Flag, output=Flag).then(inner_aborts).then(after_stop).commit()
 )

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -21,50 +19,10 @@ from stepline.server.errors import (
 )
 from stepline.server.model import Event, EventType, RunStatus, StepStatus
 from stepline.server.runs import ResumeParams, RunService, StartParams
-from stepline.server.store import Store, StoredRun
+from stepline.server.store import Store
 from stepline.server.worker import Worker
-from stepline.server.workflows import Registry
 from tests import flows
-
-
-@dataclass
-class Engine:
-    service: RunService
-    worker: Worker
-    store: Store
-
-    async def run(self, workflow_id: str, input_data: Any = None, **kw: Any) -> StoredRun:
-        started = await self.service.start(StartParams(workflow_id, input_data, **kw))
-        return await self.service.wait(started.run_id, timeout=10)
-
-    async def resume(self, run_id: str, **kw: Any) -> StoredRun:
-        resumed = await self.service.resume(ResumeParams(run_id, **kw))
-        return await self.service.wait(run_id, after_sequence=resumed.after_sequence, timeout=10)
-
-    async def events(self, run_id: str) -> list[Event]:
-        return await self.store.read_events(run_id, 0)
-
-
-def registry() -> Registry:
-    reg = Registry()
-    reg.load_module("tests.flows")
-    return reg
-
-
-@pytest.fixture
-async def engine(store: Store) -> AsyncIterator[Engine]:
-    reg = registry()
-    worker = Worker(store, reg, lease_ttl=5.0, poll_block=0.2)
-    await worker.start()
-    yield Engine(RunService(store, reg, cancel_wait=3.0), worker, store)
-    await worker.stop(grace=1.0)
-
-
-def kinds(events: list[Event]) -> list[str]:
-    return [
-        f"{e.type.value}:{e.data['step_id']}" if "step_id" in e.data else e.type.value
-        for e in events
-    ]
+from tests.engine_harness import Engine, kinds, registry
 
 
 # -- data flow -------------------------------------------------------------------------------

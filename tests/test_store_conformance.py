@@ -566,6 +566,20 @@ async def test_each_item_goes_to_one_consumer(store: Store) -> None:
     assert sorted(first + second) == sorted(run_ids)
 
 
+async def test_queue_depth_counts_items_not_yet_taken(store: Store) -> None:
+    assert await store.queue_depth() == 0
+    await create(store, "a")
+    await store.enqueue("b")
+    await store.enqueue("c")
+    assert await store.queue_depth() == 3
+
+    items = await store.dequeue("c1", 2, 0.5)
+    assert await store.queue_depth() == 1  # taken, even before the ack
+    for item in items:
+        await store.ack(item)
+    assert await store.queue_depth() == 1
+
+
 # -- list ------------------------------------------------------------------------------------
 
 # run id, workflow, resource, created_at, status

@@ -30,6 +30,7 @@ from .models import (
     RunResult,
     RunStatus,
     StartedRun,
+    StepStatus,
     WorkflowInfo,
 )
 
@@ -63,6 +64,34 @@ def _step_path(step: str | Sequence[str] | None) -> list[str]:
     if isinstance(step, str):
         return [step]
     return list(step)
+
+
+def _time_travel_fields(
+    run_id: str,
+    step: str | Sequence[str],
+    input_data: Any,
+    initial_state: Mapping[str, Any] | None,
+    resume_data: Any,
+    context: Mapping[str, Mapping[str, Any]] | None,
+    request_context: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The fields TimeTravelRequest and TimeTravelStreamRequest share."""
+    return {
+        "run_id": run_id,
+        "step": _step_path(step),
+        "input_data": None if input_data is None else to_value(input_data),
+        "initial_state": _struct_or_none(initial_state),
+        "resume_data": None if resume_data is None else to_value(resume_data),
+        "context": {
+            step_id: run_pb2.StepResult(
+                status=StepStatus(result.get("status", "success"))._to_proto(),
+                payload=to_value(result.get("payload")),
+                output=to_value(result.get("output")),
+            )
+            for step_id, result in (context or {}).items()
+        },
+        "request_context": _struct_or_none(request_context),
+    }
 
 
 def _struct_or_none(data: Mapping[str, Any] | None) -> Any:
@@ -318,6 +347,61 @@ class Client:
             lambda: self._stub.ResumeStream(request, metadata=self._metadata),
             after_sequence=0,
             keep_open_on_suspend=keep_open_on_suspend,
+            reconnect=reconnect,
+        )
+
+    # -- time travel ---------------------------------------------------------------------------
+
+    async def time_travel(
+        self,
+        run_id: str,
+        step: str | Sequence[str],
+        *,
+        input_data: Any = None,
+        initial_state: Mapping[str, Any] | None = None,
+        resume_data: Any = None,
+        context: Mapping[str, Mapping[str, Any]] | None = None,
+        request_context: Mapping[str, Any] | None = None,
+        include_state: bool = False,
+        timeout: float | None = None,
+    ) -> RunResult:
+        """Re-execute a settled run from `step` (an id, a dotted path, or a path) and wait
+        until it settles again. `context` supplies prior step results by step id, each a
+        mapping with `output` (and optionally `payload`, `status`, default "success")."""
+        request = pb.TimeTravelRequest(
+            **_time_travel_fields(
+                run_id, step, input_data, initial_state, resume_data, context, request_context
+            ),
+            output_options=run_pb2.OutputOptions(include_state=include_state),
+        )
+        with translate_errors():
+            response = await self._stub.TimeTravel(
+                request, timeout=timeout, metadata=self._metadata
+            )
+        return RunResult._from_proto(response.result)
+
+    def time_travel_stream(
+        self,
+        run_id: str,
+        step: str | Sequence[str],
+        *,
+        input_data: Any = None,
+        initial_state: Mapping[str, Any] | None = None,
+        resume_data: Any = None,
+        context: Mapping[str, Mapping[str, Any]] | None = None,
+        request_context: Mapping[str, Any] | None = None,
+        reconnect: bool = True,
+    ) -> AsyncIterator[RunEvent]:
+        """Like `time_travel`, yielding the re-execution's events until it settles."""
+        request = pb.TimeTravelStreamRequest(
+            **_time_travel_fields(
+                run_id, step, input_data, initial_state, resume_data, context, request_context
+            ),
+        )
+        return self._follow(
+            lambda: self._stub.TimeTravelStream(request, metadata=self._metadata),
+            after_sequence=0,
+            keep_open_on_suspend=False,
             reconnect=reconnect,
         )
 

@@ -67,6 +67,9 @@ class StepStatus(StrEnum):
     def _from_proto(cls, number: int) -> StepStatus:
         return _STEP_STATUSES.get(number, cls.UNSPECIFIED)
 
+    def _to_proto(self) -> run_pb2.StepStatus.ValueType:
+        return run_pb2.StepStatus.Value(f"STEP_STATUS_{self.name}")
+
 
 _RUN_STATUSES: dict[int, RunStatus] = {
     run_pb2.RunStatus.Value(f"RUN_STATUS_{s.name}"): s for s in RunStatus

@@ -142,6 +142,8 @@ class SyncClient:
     resume = _blocking(Client.resume)
     resume_async = _blocking(Client.resume_async)
     resume_stream = _iterating(Client.resume_stream)
+    time_travel = _blocking(Client.time_travel)
+    time_travel_stream = _iterating(Client.time_travel_stream)
     cancel = _blocking(Client.cancel)
     restart = _blocking(Client.restart)
     get_result = _blocking(Client.get_result)

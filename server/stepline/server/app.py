@@ -1,26 +1,40 @@
-"""Wiring: store, registry, run service, worker and the gRPC server in one object."""
+"""Wiring: store, registry, run service, worker, telemetry and the gRPC server in one object."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import ipaddress
 import logging
+import ssl
 
 import grpc
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry.sdk.trace.export import SpanExporter
 
 from .api import add_services
+from .api.interceptors import AuthInterceptor, TelemetryInterceptor
+from .auth import TokenTable
+from .errors import StoreUnavailable
+from .logs import RunLog
+from .metrics import Metrics, MetricsEndpoint
 from .runs import RunService
-from .settings import Settings
+from .settings import ConfigError, Settings
 from .store import Store
 from .store.memory import MemoryStore
 from .store.redis import RedisStore
+from .telemetry import Tracing
 from .worker import Worker
 from .workflows import Registry
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "stepline.v1.WorkflowService"
+HEALTH_NAMES = ("", SERVICE_NAME)
+# The longest one store probe may take before the store counts as unreachable.
+PROBE_TIMEOUT = 2.0
 
 
 def open_store(settings: Settings) -> Store:
@@ -36,48 +50,135 @@ def load_registry(settings: Settings) -> Registry:
     return registry
 
 
-class Server:
-    """A running Stepline replica: gRPC front end, run service and worker."""
+def server_options(settings: Settings) -> list[tuple[str, int]]:
+    """gRPC core options: message limits, stream cap, keepalive and connection age."""
 
-    def __init__(self, settings: Settings, store: Store, registry: Registry) -> None:
+    def ms(seconds: float) -> int:
+        return int(seconds * 1000)
+
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
+        ("grpc.keepalive_time_ms", ms(settings.keepalive_time)),
+        ("grpc.keepalive_timeout_ms", ms(settings.keepalive_timeout)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        # Keep pinging idle Watch streams (the default stops after two pings without data),
+        # so a peer that vanished behind a proxy is noticed.
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.http2.min_ping_interval_without_data_ms", ms(settings.keepalive_min_ping_interval)),
+        ("grpc.max_connection_age_ms", ms(settings.max_connection_age)),
+        ("grpc.max_connection_age_grace_ms", ms(settings.max_connection_age_grace)),
+    ]
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS (and mutual TLS) credentials from the certificate files; None for plaintext.
+    Raises ConfigError when the files don't hold a usable certificate and key."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    check = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        check.load_cert_chain(settings.tls_cert, settings.tls_key)
+    except (ssl.SSLError, OSError) as err:
+        raise ConfigError(
+            f"tls_cert / tls_key: not a matching PEM certificate and key ({err})"
+        ) from None
+    client_ca = None
+    if settings.tls_client_ca is not None:
+        try:
+            check.load_verify_locations(cafile=settings.tls_client_ca)
+        except (ssl.SSLError, OSError) as err:
+            raise ConfigError(f"tls_client_ca: not a PEM CA bundle ({err})") from None
+        client_ca = settings.tls_client_ca.read_bytes()
+    return grpc.ssl_server_credentials(
+        [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
+        root_certificates=client_ca,
+        require_client_auth=settings.tls_require_client_auth,
+    )
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class Server:
+    """A running Stepline replica: gRPC front end, run service, worker and telemetry."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        registry: Registry,
+        *,
+        span_exporter: SpanExporter | None = None,
+    ) -> None:
+        """Raises ConfigError for settings that validated but can't be used (token file)."""
         self.settings = settings
         self.store = store
         self.registry = registry
+        self.tokens = TokenTable.from_settings(settings)
+        self.metrics = Metrics()
+        self.tracing = Tracing.from_settings(settings, exporter=span_exporter)
         self.service = RunService(store, registry)
         self.worker = Worker(
             store,
             registry,
             max_concurrent_runs=settings.max_concurrent_runs,
             lease_ttl=settings.lease_ttl,
+            observers=[self.tracing.observer(), self.metrics.observer(), RunLog()],
         )
-        limit = settings.max_message_bytes
+        self.metrics.track(
+            active_runs=lambda: self.worker.active_runs,
+            held_leases=lambda: self.worker.held_leases,
+        )
+        interceptors: list[grpc.aio.ServerInterceptor] = [
+            TelemetryInterceptor(self.tracing, self.metrics)
+        ]
+        if self.tokens is not None:
+            interceptors.append(AuthInterceptor(self.tokens))
         self.grpc = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", limit),
-                ("grpc.max_send_message_length", limit),
-                ("grpc.keepalive_time_ms", 30_000),
-                ("grpc.keepalive_timeout_ms", 10_000),
-                ("grpc.keepalive_permit_without_calls", 1),
-                ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
-                ("grpc.max_connection_age_ms", 30 * 60_000),
-                ("grpc.max_connection_age_grace_ms", 60_000),
-            ]
+            interceptors=interceptors,
+            options=server_options(settings),
+            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
         self.health = health_aio.HealthServicer()
         self.port = 0
+        self.metrics_port: int | None = None
+        self._metrics_endpoint: MetricsEndpoint | None = None
+        self._probe_task: asyncio.Task[None] | None = None
+        self._store_up: bool | None = None
 
     @classmethod
     async def start(
-        cls, settings: Settings, *, registry: Registry | None = None, store: Store | None = None
+        cls,
+        settings: Settings,
+        *,
+        registry: Registry | None = None,
+        store: Store | None = None,
+        span_exporter: SpanExporter | None = None,
     ) -> Server:
-        server = cls(settings, store or open_store(settings), registry or load_registry(settings))
+        """Build and start a replica. `span_exporter` overrides `settings.trace_exporter`.
+        Raises ConfigError, and OSError when a port can't be bound."""
+        server = cls(
+            settings,
+            store or open_store(settings),
+            registry or load_registry(settings),
+            span_exporter=span_exporter,
+        )
         await server._start()
         return server
 
     async def _start(self) -> None:
+        settings = self.settings
         add_services(self.grpc, self.service)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
-        if self.settings.reflection:
+        if settings.reflection:
             reflection.enable_server_reflection(
                 [
                     SERVICE_NAME,
@@ -86,13 +187,62 @@ class Server:
                 ],
                 self.grpc,
             )
-        self.port = self.grpc.add_insecure_port(f"{self.settings.host}:{self.settings.port}")
+        if self.tokens is not None and not settings.tls and not _loopback(settings.host):
+            log.warning("bearer tokens are accepted over plaintext: configure TLS (--tls-cert)")
+        credentials = server_credentials(settings)
+        address = f"{settings.host}:{settings.port}"
+        try:
+            if credentials is None:
+                self.port = self.grpc.add_insecure_port(address)
+            else:
+                self.port = self.grpc.add_secure_port(address, credentials)
+        except RuntimeError as err:  # grpcio raises this; older versions returned 0
+            raise OSError(f"could not bind {address} (address in use?)") from err
         if self.port == 0:
-            raise OSError(f"could not bind {self.settings.host}:{self.settings.port}")
+            raise OSError(f"could not bind {address} (address in use?)")
+        if settings.metrics_port is not None:
+            host = settings.metrics_host or settings.host
+            self._metrics_endpoint = self.metrics.serve(host, settings.metrics_port)
+            self.metrics_port = self._metrics_endpoint.port
         await self.worker.start()
         await self.grpc.start()
-        for name in ("", SERVICE_NAME):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self._probe()
+        self._probe_task = asyncio.create_task(self._probe_loop(), name="stepline-health")
+
+    # -- health --------------------------------------------------------------------------------
+    async def _probe_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.health_probe_interval)
+            await self._probe()
+
+    async def _probe(self) -> None:
+        """SERVING while the store answers, NOT_SERVING while it does not."""
+        try:
+            depth = await asyncio.wait_for(self.store.queue_depth(), PROBE_TIMEOUT)
+        except (StoreUnavailable, TimeoutError) as err:
+            up = False
+            reason = str(err) or "no answer within the probe timeout"
+        except Exception:
+            log.exception("store health probe failed")
+            up, reason = False, "probe error"
+        else:
+            up, reason = True, ""
+            self.metrics.queue_depth.set(depth)
+        self.metrics.store_up.set(1 if up else 0)
+        if up == self._store_up:
+            return
+        if not up:
+            log.warning("store unreachable (%s): health is NOT_SERVING until it answers", reason)
+        elif self._store_up is not None:
+            log.info("store reachable again: health is SERVING")
+        self._store_up = up
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if up
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in HEALTH_NAMES:
+            await self.health.set(name, status)
 
     @property
     def target(self) -> str:
@@ -101,10 +251,17 @@ class Server:
     async def stop(self, grace: float | None = None) -> None:
         """Drain: NOT_SERVING, finish or hand back in-flight runs, close RPCs and the store."""
         grace = self.settings.shutdown_grace if grace is None else grace
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe_task
         await self.health.enter_graceful_shutdown()
         await self.worker.stop(grace)
         await self.grpc.stop(grace=min(grace, 1.0))
         await self.store.close()
+        if self._metrics_endpoint is not None:
+            self._metrics_endpoint.close()
+        self.tracing.shutdown()
 
     async def wait_for_termination(self) -> None:
         await self.grpc.wait_for_termination()

@@ -113,6 +113,29 @@ class Unimplemented(SteplineError):
     reason = "UNIMPLEMENTED"
 
 
+class Unauthenticated(SteplineError):
+    """The call carried no credentials, or ones the server does not accept."""
+
+    reason = "UNAUTHENTICATED"
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class PermissionDenied(SteplineError):
+    """The caller's credentials do not grant the scope the RPC needs."""
+
+    reason = "INSUFFICIENT_SCOPE"
+
+    def __init__(self, method: str, scope: str) -> None:
+        super().__init__(
+            f"the token may not call {method}: it needs the {scope!r} scope",
+            method=method,
+            required_scope=scope,
+        )
+
+
 class StoreUnavailable(SteplineError):
     """The backing store cannot be reached; nothing was written."""
 

@@ -1,9 +1,14 @@
 """Walks a committed workflow graph for one run, writing every transition through a journal.
 
 The walk is driven by the snapshot: an entry whose steps already succeeded is replayed from
-its recorded output, a suspended step runs again only when the pending resume targets it, and
-a step recorded as running (a crashed or handed-back pass) runs again with its recorded
-payload. So start, resume and re-drive after a crash are one code path.
+its recorded output, a suspended step runs again only when the pending resume targets it, a
+sleep whose timer has not fired hands the run back, and a step recorded as running (a crashed
+or handed-back pass) runs again with its recorded payload. So start, resume, wake-up and
+re-drive after a crash are one code path.
+
+Nested workflows run as child executions over a child snapshot kept inside the parent's
+(`Snapshot.children`), so one atomic write still covers the whole run; their events reach the
+parent's log with step ids prefixed `child.`.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
 
@@ -34,30 +39,46 @@ from .model import (
 from .schema import SchemaViolation
 from .workflows import (
     BranchNode,
+    Condition,
     ConditionContext,
+    ForeachNode,
+    LoopNode,
     Node,
     ParallelNode,
+    SleepNode,
     Step,
     StepNode,
+    Unit,
     Workflow,
 )
 
 log = logging.getLogger(__name__)
+
+# Sleeps this short are waited out in place; longer ones hand the run back to a durable timer.
+INLINE_SLEEP = 1.0
 
 
 class Journal(Protocol):
     """Where the executor records transitions: one atomic snapshot write + event append."""
 
     async def commit(
-        self, snapshot: Snapshot, events: Sequence[Event], *, release: bool = False
+        self,
+        snapshot: Snapshot,
+        events: Sequence[Event],
+        *,
+        release: bool = False,
+        wake_at: float | None = None,
     ) -> bool:
-        """Persist; returns True when cancellation of the run has been requested."""
+        """Persist; returns True when cancellation of the run has been requested.
+
+        `wake_at` (with release) registers the durable timer of a WAITING run."""
         ...
 
 
 class Kind(Enum):
     OK = "ok"
     SUSPENDED = "suspended"
+    WAITING = "waiting"
     FAILED = "failed"
     BAILED = "bailed"
     CANCELED = "canceled"
@@ -68,10 +89,33 @@ class Outcome:
     kind: Kind
     value: Any = None
     error: ErrorData | None = None
+    wake_at: float | None = None
 
 
 # When children of one entry end differently, the entry ends as the first of these.
-_PRECEDENCE = (Kind.FAILED, Kind.CANCELED, Kind.BAILED, Kind.SUSPENDED)
+_PRECEDENCE = (Kind.FAILED, Kind.CANCELED, Kind.BAILED, Kind.WAITING, Kind.SUSPENDED)
+
+
+def _combine(outcomes: Sequence[Outcome]) -> Outcome | None:
+    for kind in _PRECEDENCE:
+        matching = [o for o in outcomes if o.kind is kind]
+        if matching:
+            if kind is Kind.WAITING:
+                return min(matching, key=lambda o: o.wake_at or 0.0)
+            return matching[0]
+    return None
+
+
+@dataclass
+class Attempt:
+    """How a step's execute() ended after its retries."""
+
+    kind: Kind
+    attempts: int
+    value: Any = None
+    error: ErrorData | None = None
+    suspend: SuspendSignal | None = None
+    state_update: dict[str, Any] = field(default_factory=dict)
 
 
 class StepInputInvalid(Exception):
@@ -79,6 +123,14 @@ class StepInputInvalid(Exception):
 
 
 class StepOutputInvalid(Exception):
+    pass
+
+
+class LoopConditionFailed(Exception):
+    pass
+
+
+class ForeachInputInvalid(Exception):
     pass
 
 
@@ -106,6 +158,31 @@ def _jsonable(value: Any) -> Any:
 
 def _violations(prefix: str, err: SchemaViolation) -> str:
     return prefix + "".join(f"\n- {v.field}: {v.description}" for v in err.violations)
+
+
+class _ChildJournal:
+    """A nested workflow's transitions are the parent's: prefix the ids, write the parent."""
+
+    def __init__(self, parent: Execution, step_id: str) -> None:
+        self._parent = parent
+        self._prefix = f"{step_id}."
+
+    async def commit(
+        self,
+        snapshot: Snapshot,
+        events: Sequence[Event],
+        *,
+        release: bool = False,
+        wake_at: float | None = None,
+    ) -> bool:
+        prefixed = [
+            e.model_copy(update={"data": {**e.data, "step_id": self._prefix + e.data["step_id"]}})
+            if "step_id" in e.data
+            else e
+            for e in events
+        ]
+        await self._parent.commit(prefixed)
+        return False  # the shared cancel event already carries the parent's flag
 
 
 class Execution:
@@ -144,151 +221,298 @@ class Execution:
             data = to_jsonable_python(value)
         except PydanticSerializationError as err:
             raise TypeError(f"ctx.write() needs a JSON-serializable value: {err}") from None
-        await self._commit(
+        await self.commit(
             [Event(type=EventType.STEP_OUTPUT, data={"step_id": step_id, "output": data})]
         )
 
     def abort(self) -> None:
         self.cancel_event.set()
 
-    # -- the walk --------------------------------------------------------------------------
+    # -- the run ---------------------------------------------------------------------------
     async def run(self) -> Snapshot:
-        """Execute until the run settles; returns the final snapshot (already persisted)."""
+        """Execute until the run settles or waits; returns the final (persisted) snapshot."""
         snap = self.snap
         if snap.status is RunStatus.PENDING:
             snap.status = RunStatus.RUNNING
-            await self._commit([self._start_event("start")])
-        elif snap.pending_resume is None:
+            await self.commit([self._start_event("start")])
+        elif snap.pass_announced:
+            snap.pass_announced = False
+        elif snap.status is RunStatus.RUNNING:
             # A pass that died or was handed back: continue from the recorded steps.
-            await self._commit([self._start_event("restart")])
-
-        value: Any = snap.input
-        for index, node in enumerate(self.workflow.nodes):
-            if self.cancel_event.is_set():
-                return await self._finish(RunStatus.CANCELED)
-            outcome = await self._run_node(index, node, value)
-            if outcome.kind is Kind.OK:
-                value = outcome.value
-            elif outcome.kind is Kind.BAILED:
-                return await self._finish(RunStatus.SUCCESS, result=outcome.value)
-            elif outcome.kind is Kind.FAILED:
-                return await self._finish(RunStatus.FAILED, error=outcome.error)
-            elif outcome.kind is Kind.SUSPENDED:
-                return await self._finish(RunStatus.SUSPENDED)
-            else:
-                return await self._finish(RunStatus.CANCELED)
-        if self.cancel_event.is_set():
-            return await self._finish(RunStatus.CANCELED)
-        return await self._finish(RunStatus.SUCCESS, result=value)
+            await self.commit([self._start_event("restart")])
+        snap.status = RunStatus.RUNNING
+        snap.wake_at = None
+        outcome = await self.walk()
+        if outcome.kind is Kind.WAITING:
+            return await self._hand_to_timer(outcome.wake_at or now())
+        return await self._finish(outcome)
 
     def _start_event(self, reason: str) -> Event:
         return Event(
             type=EventType.WORKFLOW_START, data={"workflow_id": self.workflow_id, "reason": reason}
         )
 
-    async def _commit(self, events: Sequence[Event], *, release: bool = False) -> None:
+    async def commit(
+        self, events: Sequence[Event], *, release: bool = False, wake_at: float | None = None
+    ) -> None:
         self.snap.updated_at = now()
-        if await self.journal.commit(self.snap, events, release=release):
+        if await self.journal.commit(self.snap, events, release=release, wake_at=wake_at):
             self.cancel_event.set()
 
-    async def _finish(
-        self, status: RunStatus, *, result: Any = None, error: ErrorData | None = None
-    ) -> Snapshot:
+    async def _hand_to_timer(self, wake_at: float) -> Snapshot:
+        self.snap.status = RunStatus.WAITING
+        self.snap.wake_at = wake_at
+        await self.commit([], release=True, wake_at=wake_at)
+        return self.snap
+
+    async def _finish(self, outcome: Outcome) -> Snapshot:
         snap = self.snap
+        status = _settled_status(outcome.kind)
         snap.status = status
         snap.active_steps.clear()
         snap.pending_resume = None
         events: list[Event] = []
         data: dict[str, Any] = {"status": status.value}
         if status is RunStatus.SUCCESS:
-            snap.result = result
-            data["result"] = result
+            snap.result = outcome.value
+            data["result"] = outcome.value
         elif status is RunStatus.FAILED:
-            snap.error = error
-            data["error"] = error.model_dump() if error else None
+            snap.error = outcome.error
+            data["error"] = outcome.error.model_dump() if outcome.error else None
         elif status is RunStatus.SUSPENDED:
             snap.resumed_since_suspend = False
-            data["suspended"] = [
-                {
-                    "path": [sid],
-                    "payload": snap.steps[sid].suspend_payload,
-                    "labels": snap.steps[sid].suspend_labels,
-                }
-                for sid in snap.suspended_paths
-            ]
-        elif status is RunStatus.CANCELED:
+            data["suspended"] = [leaf.model_dump() for leaf in snap.suspended_leaves()]
+        else:
             events.append(Event(type=EventType.WORKFLOW_CANCELED))
         events.append(Event(type=EventType.WORKFLOW_FINISH, data=data))
-        await self._commit(events, release=True)
+        await self.commit(events, release=True)
         return snap
+
+    # -- the walk --------------------------------------------------------------------------
+    async def walk(self) -> Outcome:
+        """Run the graph's entries in order from the snapshot; stop at the first that does
+        not complete."""
+        value: Any = self.snap.input
+        for index, node in enumerate(self.workflow.nodes):
+            if self.cancel_event.is_set():
+                return Outcome(Kind.CANCELED)
+            entry = self.snap.entry_state.get(str(index), {})
+            if "input" in entry:  # time travel replaced this entry's input
+                value = entry["input"]
+            outcome = await self._run_node(index, node, value)
+            if outcome.kind is not Kind.OK:
+                return outcome
+            value = outcome.value
+        if self.cancel_event.is_set():
+            return Outcome(Kind.CANCELED)
+        return Outcome(Kind.OK, value)
 
     async def _run_node(self, index: int, node: Node, value: Any) -> Outcome:
         if isinstance(node, StepNode):
-            return await self._run_step(node.step, [index], value)
+            return await self._run_unit(node.step, [index], value)
+        if isinstance(node, LoopNode):
+            return await self._run_loop(index, node, value)
+        if isinstance(node, ForeachNode):
+            return await self._run_foreach(index, node, value)
+        if isinstance(node, SleepNode):
+            return await self._run_sleep(index, node, value)
         if isinstance(node, ParallelNode):
-            steps: Sequence[Step[Any, Any]] = node.steps
+            units: Sequence[Unit] = node.steps
         else:
-            steps = await self._select_branches(index, node, value)
-            if not steps:
+            units = await self._select_branches(index, node, value)
+            if not units:
                 return Outcome(Kind.OK, {})
-        positions = {s.id: i for i, s in enumerate(node.steps)}
+        positions = {u.id: i for i, u in enumerate(node.steps)}
         outcomes = await asyncio.gather(
-            *(self._run_step(s, [index, positions[s.id]], value) for s in steps)
+            *(self._run_unit(u, [index, positions[u.id]], value) for u in units)
         )
-        for kind in _PRECEDENCE:
-            for outcome in outcomes:
-                if outcome.kind is kind:
-                    return outcome
-        return Outcome(Kind.OK, {s.id: o.value for s, o in zip(steps, outcomes, strict=True)})
+        combined = _combine(outcomes)
+        if combined is not None:
+            return combined
+        return Outcome(Kind.OK, {u.id: o.value for u, o in zip(units, outcomes, strict=True)})
 
-    async def _select_branches(
-        self, index: int, node: BranchNode, value: Any
-    ) -> list[Step[Any, Any]]:
+    def _condition_context(self, value: Any, iteration: int = 0) -> ConditionContext:
+        return ConditionContext(
+            input=value,
+            state=dict(self.snap.state),
+            request_context=self.request_context,
+            init_data=self.snap.input,
+            step_results={
+                k: r.output for k, r in self.snap.steps.items() if r.status is StepStatus.SUCCESS
+            },
+            iteration_count=iteration,
+        )
+
+    async def _select_branches(self, index: int, node: BranchNode, value: Any) -> list[Unit]:
         """Evaluate every condition once per run; the choice is kept in the snapshot."""
         entry = self.snap.entry_state.setdefault(str(index), {})
         if "branches" not in entry:
-            ctx = ConditionContext(
-                input=value,
-                state=dict(self.snap.state),
-                request_context=self.request_context,
-                init_data=self.snap.input,
-                step_results={
-                    k: r.output
-                    for k, r in self.snap.steps.items()
-                    if r.status is StepStatus.SUCCESS
-                },
-            )
+            ctx = self._condition_context(value)
             chosen = await asyncio.gather(*(_holds(cond, ctx) for cond, _ in node.branches))
             entry["branches"] = [
-                s.id for (_, s), ok in zip(node.branches, chosen, strict=True) if ok
+                u.id for (_, u), ok in zip(node.branches, chosen, strict=True) if ok
             ]
-        return [s for s in node.steps if s.id in entry["branches"]]
+        return [u for u in node.steps if u.id in entry["branches"]]
 
-    async def _run_step(self, step: Step[Any, Any], position: list[int], payload: Any) -> Outcome:
-        prior = self.snap.steps.get(step.id)
+    # -- loops -----------------------------------------------------------------------------
+    async def _run_loop(self, index: int, node: LoopNode, value: Any) -> Outcome:
+        """Iteration k (from 1) runs on the previous iteration's output; progress is kept in
+        the entry state so a resumed or re-driven loop continues where it was."""
+        entry = self.snap.entry_state.setdefault(str(index), {})
+        if entry.get("done"):
+            return Outcome(Kind.OK, entry["output"])
+        iteration = entry.get("iteration", 1)
+        payload = entry.get("input", value) if iteration > 1 else value
+        while True:
+            if iteration > 1 and self.cancel_event.is_set():
+                return Outcome(Kind.CANCELED)
+            outcome = await self._run_unit(node.step, [index], payload, iteration=iteration)
+            if outcome.kind is not Kind.OK:
+                return outcome
+            try:
+                holds = await _evaluate(
+                    node.condition, self._condition_context(outcome.value, iteration)
+                )
+            except Exception as err:
+                error = serialize_error(
+                    LoopConditionFailed(
+                        f"loop condition of step {node.step.id!r} raised on iteration "
+                        f"{iteration}: {type(err).__name__}: {err}"
+                    )
+                )
+                return await self._fail_recorded(node.step.id, error)
+            if holds is node.until:
+                entry.update(done=True, output=outcome.value)
+                return Outcome(Kind.OK, outcome.value)
+            iteration += 1
+            entry.update(iteration=iteration, input=outcome.value)
+            payload = outcome.value
+
+    async def _fail_recorded(self, step_id: str, error: ErrorData) -> Outcome:
+        """Fail a step whose own execution succeeded (e.g. its loop condition raised)."""
+        rec = self.snap.steps[step_id]
+        rec.status, rec.error = StepStatus.FAILED, error
+        await self.commit(
+            [
+                Event(
+                    type=EventType.STEP_RESULT,
+                    data={
+                        "step_id": step_id,
+                        "status": StepStatus.FAILED.value,
+                        "payload": rec.payload,
+                        "error": error.model_dump(),
+                        "started_at": rec.started_at,
+                        "ended_at": rec.ended_at,
+                        "attempts": rec.attempts,
+                    },
+                )
+            ]
+        )
+        return Outcome(Kind.FAILED, error=error)
+
+    # -- sleep -----------------------------------------------------------------------------
+    async def _run_sleep(self, index: int, node: SleepNode, value: Any) -> Outcome:
+        snap = self.snap
+        rec = snap.steps.get(node.id)
+        if rec is not None and rec.status is StepStatus.SUCCESS:
+            return Outcome(Kind.OK, rec.output)
+        if rec is None or rec.status is not StepStatus.WAITING:
+            started = now()
+            wake_at = node.until if node.until is not None else started + (node.seconds or 0.0)
+            rec = StepRecord(
+                status=StepStatus.WAITING,
+                payload=value,
+                started_at=started,
+                metadata={"wake_at": wake_at},
+            )
+            snap.steps[node.id] = rec
+            snap.active_steps[node.id] = [index]
+            if node.id not in snap.step_execution_path:
+                snap.step_execution_path.append(node.id)
+            await self.commit(
+                [
+                    Event(
+                        type=EventType.STEP_WAITING,
+                        data={
+                            "step_id": node.id,
+                            "payload": value,
+                            "started_at": started,
+                            "wake_at": wake_at,
+                        },
+                    )
+                ]
+            )
+        wake_at = float(rec.metadata["wake_at"])
+        remaining = wake_at - now()
+        if remaining > INLINE_SLEEP:
+            return Outcome(Kind.WAITING, wake_at=wake_at)
+        if remaining > 0 and await self._cancelled_within(remaining):
+            return Outcome(Kind.CANCELED)
+        rec.status, rec.output, rec.ended_at = StepStatus.SUCCESS, rec.payload, now()
+        snap.active_steps.pop(node.id, None)
+        await self.commit(
+            [
+                Event(
+                    type=EventType.STEP_RESULT,
+                    data={
+                        "step_id": node.id,
+                        "status": StepStatus.SUCCESS.value,
+                        "payload": rec.payload,
+                        "output": rec.output,
+                        "started_at": rec.started_at,
+                        "ended_at": rec.ended_at,
+                        "attempts": 1,
+                    },
+                )
+            ]
+        )
+        return Outcome(Kind.OK, rec.output)
+
+    # -- one unit (a step or a nested workflow) ---------------------------------------------
+    async def _run_unit(
+        self, unit: Unit, position: list[int], payload: Any, *, iteration: int | None = None
+    ) -> Outcome:
+        prior = self.snap.steps.get(unit.id)
+        if (
+            prior is not None
+            and iteration is not None
+            and (prior.metadata.get("iteration_count") != iteration)
+        ):
+            prior = None  # a record of an earlier loop iteration
         resume: PendingResume | None = None
         if prior is not None:
             if prior.status is StepStatus.SUCCESS:
                 return Outcome(Kind.OK, prior.output)
             if prior.status is StepStatus.SUSPENDED:
                 pending = self.snap.pending_resume
-                if pending is None or pending.step_id != step.id:
+                if pending is None or pending.step_id != unit.id:
                     return Outcome(Kind.SUSPENDED)
                 resume = pending
             payload = prior.payload
-        return await self._execute(step, position, payload, prior, resume)
+        metadata = {"iteration_count": iteration} if iteration is not None else {}
+        rec = await self._open(unit.id, position, payload, prior, resume, metadata)
+        if isinstance(unit, Workflow):
+            if prior is None:  # a fresh run of the child (e.g. the next loop iteration)
+                self.snap.children.pop(unit.id, None)
+            return await self._run_child(unit, position, rec, resume)
+        attempt = await self._attempts(unit, payload, rec.resume_payload, rec.suspend_payload)
+        return await self._close(unit.id, position, rec, attempt)
 
-    async def _execute(
+    async def _open(
         self,
-        step: Step[Any, Any],
+        unit_id: str,
         position: list[int],
         payload: Any,
         prior: StepRecord | None,
         resume: PendingResume | None,
-    ) -> Outcome:
+        metadata: dict[str, Any],
+    ) -> StepRecord:
+        """Record the step as running and emit its step-start."""
         snap = self.snap
         started = now()
-        rec = StepRecord(status=StepStatus.RUNNING, payload=payload, started_at=started)
+        rec = StepRecord(
+            status=StepStatus.RUNNING, payload=payload, started_at=started, metadata=metadata
+        )
         if resume is not None:
             rec.resume_payload, rec.resumed_at = resume.data, started
         elif prior is not None and prior.resume_payload is not None:
@@ -297,92 +521,95 @@ class Execution:
         if prior is not None:
             rec.suspend_payload = prior.suspend_payload
             rec.suspend_labels = list(prior.suspend_labels)
-        snap.steps[step.id] = rec
-        snap.active_steps[step.id] = position
+        snap.steps[unit_id] = rec
+        snap.active_steps[unit_id] = position
         if resume is not None:
-            snap.suspended_paths.pop(step.id, None)
+            snap.suspended_paths.pop(unit_id, None)
             snap.resume_labels = {
-                k: v for k, v in snap.resume_labels.items() if v.step_id != step.id
+                k: v for k, v in snap.resume_labels.items() if v.step_id != unit_id
             }
             snap.pending_resume = None
-        if step.id not in snap.step_execution_path:
-            snap.step_execution_path.append(step.id)
-        start: dict[str, Any] = {"step_id": step.id, "payload": payload, "started_at": started}
+        if unit_id not in snap.step_execution_path:
+            snap.step_execution_path.append(unit_id)
+        start: dict[str, Any] = {"step_id": unit_id, "payload": payload, "started_at": started}
         if rec.resume_payload is not None:
             start["resume_payload"] = rec.resume_payload
-        await self._commit([Event(type=EventType.STEP_START, data=start)])
+        if metadata:
+            start["metadata"] = metadata
+        await self.commit([Event(type=EventType.STEP_START, data=start)])
+        return rec
 
+    async def _attempts(
+        self, step: Step[Any, Any], payload: Any, resume_data: Any, suspend_data: Any
+    ) -> Attempt:
+        """Run execute() with the step's retry policy."""
         retries = step.retries if step.retries is not None else self.workflow.retry.attempts
         attempt = 0
         while True:
             attempt += 1
-            rec.attempts = attempt
             try:
                 ctx = StepContext(
                     self,
                     step,
                     _step_input(step, payload),
                     retry_count=attempt - 1,
-                    resume_data=rec.resume_payload,
-                    suspend_data=rec.suspend_payload,
+                    resume_data=resume_data,
+                    suspend_data=suspend_data,
                 )
                 output = _step_output(step, await step.execute(ctx))
             except SuspendSignal as signal:
-                return await self._suspended(step, rec, signal)
+                return Attempt(Kind.SUSPENDED, attempt, suspend=signal)
             except BailSignal as signal:
-                return await self._settle(
-                    step,
-                    rec,
-                    StepStatus.SUCCESS,
-                    output=signal.value,
-                    outcome=Outcome(Kind.BAILED, signal.value),
-                )
+                return Attempt(Kind.BAILED, attempt, value=signal.value)
             except Exception as err:
                 if self.cancel_event.is_set():
-                    return await self._settle(
-                        step, rec, StepStatus.CANCELED, outcome=Outcome(Kind.CANCELED)
-                    )
+                    return Attempt(Kind.CANCELED, attempt)
                 if isinstance(err, NonRetryableError) or attempt > retries:
-                    error = serialize_error(err)
-                    return await self._settle(
-                        step,
-                        rec,
-                        StepStatus.FAILED,
-                        error=error,
-                        outcome=Outcome(Kind.FAILED, error=error),
-                    )
+                    return Attempt(Kind.FAILED, attempt, error=serialize_error(err))
                 if await self._cancelled_within(self.workflow.retry.delay_before(attempt)):
-                    return await self._settle(
-                        step, rec, StepStatus.CANCELED, outcome=Outcome(Kind.CANCELED)
-                    )
+                    return Attempt(Kind.CANCELED, attempt)
                 continue
-            snap.state.update(ctx.state_update)
-            return await self._settle(
-                step, rec, StepStatus.SUCCESS, output=output, outcome=Outcome(Kind.OK, output)
-            )
+            return Attempt(Kind.OK, attempt, value=output, state_update=ctx.state_update)
 
     async def _cancelled_within(self, delay: float) -> bool:
-        """Sleep for a retry delay; True if the run was canceled meanwhile."""
+        """Sleep up to `delay`; True if the run was canceled meanwhile."""
         if delay > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.cancel_event.wait(), delay)
         return self.cancel_event.is_set()
 
-    async def _settle(
-        self,
-        step: Step[Any, Any],
-        rec: StepRecord,
-        status: StepStatus,
-        *,
-        outcome: Outcome,
-        output: Any = None,
-        error: ErrorData | None = None,
+    async def _close(
+        self, unit_id: str, position: list[int], rec: StepRecord, attempt: Attempt
     ) -> Outcome:
-        rec.status, rec.ended_at = status, now()
-        rec.output, rec.error = output, error
-        self.snap.active_steps.pop(step.id, None)
+        """Record how the step ended and emit its result (or suspension)."""
+        rec.attempts = attempt.attempts
+        if attempt.kind is Kind.SUSPENDED and attempt.suspend is not None:
+            return await self._suspend(
+                unit_id, position, rec, attempt.suspend.payload, attempt.suspend.labels
+            )
+        if attempt.kind is Kind.OK:
+            self.snap.state.update(attempt.state_update)
+            return await self._settle(
+                unit_id, rec, StepStatus.SUCCESS, attempt.value, Outcome(Kind.OK, attempt.value)
+            )
+        if attempt.kind is Kind.BAILED:
+            return await self._settle(
+                unit_id, rec, StepStatus.SUCCESS, attempt.value, Outcome(Kind.BAILED, attempt.value)
+            )
+        if attempt.kind is Kind.FAILED:
+            rec.error = attempt.error
+            return await self._settle(
+                unit_id, rec, StepStatus.FAILED, None, Outcome(Kind.FAILED, error=attempt.error)
+            )
+        return await self._settle(unit_id, rec, StepStatus.CANCELED, None, Outcome(Kind.CANCELED))
+
+    async def _settle(
+        self, unit_id: str, rec: StepRecord, status: StepStatus, output: Any, outcome: Outcome
+    ) -> Outcome:
+        rec.status, rec.ended_at, rec.output = status, now(), output
+        self.snap.active_steps.pop(unit_id, None)
         data: dict[str, Any] = {
-            "step_id": step.id,
+            "step_id": unit_id,
             "status": status.value,
             "payload": rec.payload,
             "started_at": rec.started_at,
@@ -391,37 +618,269 @@ class Execution:
         }
         if status is StepStatus.SUCCESS:
             data["output"] = output
-        if error is not None:
-            data["error"] = error.model_dump()
-        await self._commit([Event(type=EventType.STEP_RESULT, data=data)])
+        if rec.error is not None:
+            data["error"] = rec.error.model_dump()
+        await self.commit([Event(type=EventType.STEP_RESULT, data=data)])
         return outcome
 
-    async def _suspended(
-        self, step: Step[Any, Any], rec: StepRecord, signal: SuspendSignal
+    async def _suspend(
+        self,
+        unit_id: str,
+        position: list[int],
+        rec: StepRecord,
+        payload: Any,
+        labels: list[str],
+        label_targets: dict[str, ResumeLabel] | None = None,
     ) -> Outcome:
         snap = self.snap
         rec.status, rec.suspended_at = StepStatus.SUSPENDED, now()
-        rec.suspend_payload, rec.suspend_labels = signal.payload, signal.labels
+        rec.suspend_payload, rec.suspend_labels = payload, labels
         rec.resume_payload = rec.resumed_at = None
-        position = snap.active_steps.pop(step.id)
-        snap.suspended_paths[step.id] = position
-        for label in signal.labels:
-            snap.resume_labels[label] = ResumeLabel(step_id=step.id)
-        await self._commit(
+        snap.active_steps.pop(unit_id, None)
+        snap.suspended_paths[unit_id] = position
+        targets = label_targets or {label: ResumeLabel(step_id=unit_id) for label in labels}
+        snap.resume_labels.update(targets)
+        await self.commit(
             [
                 Event(
                     type=EventType.STEP_SUSPENDED,
                     data={
-                        "step_id": step.id,
+                        "step_id": unit_id,
                         "payload": rec.payload,
-                        "suspend_payload": signal.payload,
-                        "labels": signal.labels,
+                        "suspend_payload": payload,
+                        "labels": labels,
                         "suspended_at": rec.suspended_at,
                     },
                 )
             ]
         )
         return Outcome(Kind.SUSPENDED)
+
+    # -- foreach ---------------------------------------------------------------------------
+    async def _run_foreach(self, index: int, node: ForeachNode, value: Any) -> Outcome:
+        """One step per list element, at most `concurrency` in flight (a sliding window)."""
+        step = node.step
+        snap = self.snap
+        prior = snap.steps.get(step.id)
+        resume: PendingResume | None = None
+        if prior is not None:
+            if prior.status is StepStatus.SUCCESS:
+                return Outcome(Kind.OK, prior.output)
+            if prior.status is StepStatus.SUSPENDED:
+                pending = snap.pending_resume
+                if pending is None or pending.step_id != step.id:
+                    return Outcome(Kind.SUSPENDED)
+                resume = pending
+            value = prior.payload
+        rec = await self._open(step.id, [index], value, prior, resume, {})
+        if not isinstance(value, list):
+            error = serialize_error(
+                ForeachInputInvalid(
+                    f"foreach step {step.id!r} needs a list as input, got {type(value).__name__}"
+                )
+            )
+            rec.error = error
+            return await self._settle(
+                step.id, rec, StepStatus.FAILED, None, Outcome(Kind.FAILED, error=error)
+            )
+        entry = snap.entry_state.setdefault(str(index), {})
+        items: list[dict[str, Any] | None] = entry.setdefault("items", [None] * len(value))
+
+        def targeted(i: int) -> bool:
+            item = items[i]
+            return (
+                resume is not None
+                and item is not None
+                and item["status"] == "suspended"
+                and resume.for_each_index in (None, i)
+            )
+
+        todo = [
+            i
+            for i, item in enumerate(items)
+            if item is None or item["status"] == "running" or targeted(i)
+        ]
+        resume_for = {i: (resume.data if resume else None) for i in todo if targeted(i)}
+        stop = asyncio.Event()
+        window = asyncio.Semaphore(node.concurrency)
+
+        async def one(i: int) -> None:
+            try:
+                prev = items[i] or {}
+                items[i] = {"status": "running"}
+                attempt = await self._attempts(
+                    step,
+                    value[i],
+                    resume_for.get(i),
+                    prev.get("suspend_payload") if i in resume_for else None,
+                )
+                await self._item_done(step, items, i, attempt)
+                if attempt.kind is Kind.FAILED or (
+                    attempt.kind is Kind.SUSPENDED and node.concurrency == 1
+                ):
+                    stop.set()  # no new items; in-flight ones finish
+            finally:
+                window.release()
+
+        tasks: list[asyncio.Task[None]] = []
+        for i in todo:
+            await window.acquire()
+            if stop.is_set() or self.cancel_event.is_set():
+                window.release()
+                break
+            tasks.append(asyncio.create_task(one(i)))
+        await asyncio.gather(*tasks)
+        return await self._foreach_outcome(step, [index], rec, items)
+
+    async def _item_done(
+        self, step: Step[Any, Any], items: list[dict[str, Any] | None], i: int, attempt: Attempt
+    ) -> None:
+        status = {
+            Kind.OK: "success",
+            Kind.BAILED: "success",
+            Kind.FAILED: "failed",
+            Kind.SUSPENDED: "suspended",
+        }.get(attempt.kind, "canceled")
+        item: dict[str, Any] = {"status": status}
+        if attempt.kind in (Kind.OK, Kind.BAILED):
+            item["output"] = attempt.value
+            self.snap.state.update(attempt.state_update)
+        elif attempt.kind is Kind.FAILED and attempt.error is not None:
+            item["error"] = attempt.error.model_dump()
+        elif attempt.suspend is not None:
+            item["suspend_payload"] = attempt.suspend.payload
+            item["labels"] = attempt.suspend.labels
+        items[i] = item
+        done = sum(1 for it in items if it is not None and it["status"] in ("success", "failed"))
+        progress: dict[str, Any] = {
+            "step_id": step.id,
+            "completed_count": done,
+            "total_count": len(items),
+            "current_index": i,
+            "iteration_status": status,
+        }
+        if "output" in item:
+            progress["iteration_output"] = item["output"]
+        await self.commit([Event(type=EventType.STEP_PROGRESS, data=progress)])
+
+    async def _foreach_outcome(
+        self,
+        step: Step[Any, Any],
+        position: list[int],
+        rec: StepRecord,
+        items: list[dict[str, Any] | None],
+    ) -> Outcome:
+        rec.attempts = 1
+        failed = [it for it in items if it is not None and it["status"] == "failed"]
+        if failed:
+            rec.error = ErrorData.model_validate(failed[0]["error"])
+            return await self._settle(
+                step.id, rec, StepStatus.FAILED, None, Outcome(Kind.FAILED, error=rec.error)
+            )
+        if self.cancel_event.is_set() and any(
+            it is None or it["status"] != "success" for it in items
+        ):
+            return await self._settle(
+                step.id, rec, StepStatus.CANCELED, None, Outcome(Kind.CANCELED)
+            )
+        suspended = {
+            i: it for i, it in enumerate(items) if it is not None and it["status"] == "suspended"
+        }
+        if suspended or any(it is None for it in items):
+            labels = [label for it in suspended.values() for label in it.get("labels", [])]
+            targets = {
+                label: ResumeLabel(step_id=step.id, for_each_index=i)
+                for i, it in suspended.items()
+                for label in it.get("labels", [])
+            }
+            payload = {str(i): it.get("suspend_payload") for i, it in suspended.items()}
+            return await self._suspend(step.id, position, rec, payload, labels, targets)
+        outputs = [it["output"] for it in items if it is not None]
+        return await self._settle(
+            step.id, rec, StepStatus.SUCCESS, outputs, Outcome(Kind.OK, outputs)
+        )
+
+    # -- nested workflows --------------------------------------------------------------------
+    async def _run_child(
+        self, child_wf: Workflow, position: list[int], rec: StepRecord, resume: PendingResume | None
+    ) -> Outcome:
+        snap = self.snap
+        child = snap.children.get(child_wf.id)
+        if child is None:
+            try:
+                data = child_wf.input_schema.normalize(rec.payload, path="input")
+            except SchemaViolation as err:
+                rec.error = serialize_error(
+                    StepInputInvalid(_violations("Nested workflow input validation failed:", err))
+                )
+                return await self._settle(
+                    child_wf.id, rec, StepStatus.FAILED, None, Outcome(Kind.FAILED, error=rec.error)
+                )
+            child = Snapshot(
+                run_id=snap.run_id,
+                workflow_id=child_wf.id,
+                input=data,
+                state=dict(snap.state),
+                request_context=snap.request_context,
+                resource_id=snap.resource_id,
+                trace_id=snap.trace_id,
+            )
+            snap.children[child_wf.id] = child
+        if resume is not None and len(resume.path) > 1:
+            child.pending_resume = PendingResume(
+                step_id=resume.path[1],
+                path=resume.path[1:],
+                data=resume.data,
+                for_each_index=resume.for_each_index,
+            )
+        child.status = RunStatus.RUNNING
+        child.request_context = snap.request_context
+        sub = Execution(
+            child_wf, child, _ChildJournal(self, child_wf.id), cancel_event=self.cancel_event
+        )
+        outcome = await sub.walk()
+        waiting = outcome.kind is Kind.WAITING
+        child.status = RunStatus.WAITING if waiting else _settled_status(outcome.kind)
+        if outcome.kind in (Kind.OK, Kind.BAILED):
+            snap.state.update(child.state)  # state flows back out
+            child.result = outcome.value
+            return await self._settle(
+                child_wf.id, rec, StepStatus.SUCCESS, outcome.value, Outcome(Kind.OK, outcome.value)
+            )
+        if outcome.kind is Kind.FAILED:
+            child.error = rec.error = outcome.error
+            return await self._settle(child_wf.id, rec, StepStatus.FAILED, None, outcome)
+        if outcome.kind is Kind.SUSPENDED:
+            leaves = child.suspended_leaves()
+            labels = [label for leaf in leaves for label in leaf.labels]
+            targets = {
+                label: ResumeLabel(
+                    step_id=child_wf.id,
+                    for_each_index=target.for_each_index,
+                    path=[child_wf.id, *(target.path or [target.step_id])],
+                )
+                for label, target in child.resume_labels.items()
+            }
+            payload = (
+                leaves[0].payload
+                if len(leaves) == 1
+                else {".".join(leaf.path): leaf.payload for leaf in leaves}
+            )
+            return await self._suspend(child_wf.id, position, rec, payload, labels, targets)
+        if outcome.kind is Kind.WAITING:
+            rec.status = StepStatus.WAITING
+            return outcome
+        return await self._settle(child_wf.id, rec, StepStatus.CANCELED, None, outcome)
+
+
+def _settled_status(kind: Kind) -> RunStatus:
+    return {
+        Kind.OK: RunStatus.SUCCESS,
+        Kind.BAILED: RunStatus.SUCCESS,
+        Kind.FAILED: RunStatus.FAILED,
+        Kind.SUSPENDED: RunStatus.SUSPENDED,
+        Kind.CANCELED: RunStatus.CANCELED,
+    }[kind]
 
 
 def _step_input(step: Step[Any, Any], payload: Any) -> Any:
@@ -442,16 +901,20 @@ def _step_output(step: Step[Any, Any], value: Any) -> Any:
         raise StepOutputInvalid(f"Step output is not JSON-serializable: {err}") from None
 
 
-async def _holds(cond: Any, ctx: ConditionContext) -> bool:
-    """A raising condition counts as false."""
+async def _evaluate(cond: Condition, ctx: ConditionContext) -> bool:
+    result = cond(ctx)
+    if asyncio.iscoroutine(result):
+        result = await result
+    return bool(result)
+
+
+async def _holds(cond: Condition, ctx: ConditionContext) -> bool:
+    """A raising branch condition counts as false."""
     try:
-        result = cond(ctx)
-        if asyncio.iscoroutine(result):
-            result = await result
-        return bool(result)
+        return await _evaluate(cond, ctx)
     except Exception:
         log.warning("branch condition raised; treating it as false", exc_info=True)
         return False
 
 
-__all__ = ["Execution", "Journal", "serialize_error"]
+__all__ = ["INLINE_SLEEP", "Execution", "Journal", "serialize_error"]

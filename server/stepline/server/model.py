@@ -82,6 +82,16 @@ class StepRecord(BaseModel):
 class ResumeLabel(BaseModel):
     step_id: str
     for_each_index: int | None = None
+    # Full path when the labelled step is inside a nested workflow, e.g. ["child", "inner"].
+    path: list[str] = Field(default_factory=list)
+
+
+class SuspendedLeaf(BaseModel):
+    """A suspended step as callers address it: its path, payload and labels."""
+
+    path: list[str]
+    payload: Any = None
+    labels: list[str] = Field(default_factory=list)
 
 
 class PendingResume(BaseModel):
@@ -114,12 +124,49 @@ class Snapshot(BaseModel):
     pending_resume: PendingResume | None = None
     # True between a resume claim and the next suspension: a late concurrent resume lost a race.
     resumed_since_suspend: bool = False
+    # Set by a claim (resume, time travel) that already wrote this pass's workflow-start.
+    pass_announced: bool = False
+    # When a WAITING run's durable timer fires.
+    wake_at: float | None = None
+    # Snapshots of nested workflows, by the id of the step that runs them.
+    children: dict[str, Snapshot] = Field(default_factory=dict)
     # Executor bookkeeping per graph entry (e.g. which branches were taken), keyed by position.
     entry_state: dict[str, dict[str, Any]] = Field(default_factory=dict)
     result: Any = None
     error: ErrorData | None = None
     created_at: float = Field(default_factory=now)
     updated_at: float = Field(default_factory=now)
+
+    def suspended_leaves(self) -> list[SuspendedLeaf]:
+        """Suspended steps with full paths (nested workflows expanded)."""
+        leaves: list[SuspendedLeaf] = []
+        for step_id in self.suspended_paths:
+            child = self.children.get(step_id)
+            if child is not None and child.suspended_paths:
+                leaves.extend(
+                    SuspendedLeaf(
+                        path=[step_id, *leaf.path], payload=leaf.payload, labels=leaf.labels
+                    )
+                    for leaf in child.suspended_leaves()
+                )
+                continue
+            rec = self.steps.get(step_id)
+            leaves.append(
+                SuspendedLeaf(
+                    path=[step_id],
+                    payload=rec.suspend_payload if rec else None,
+                    labels=list(rec.suspend_labels) if rec else [],
+                )
+            )
+        return leaves
+
+    def flat_steps(self) -> dict[str, StepRecord]:
+        """Step records with nested workflows' steps flattened as "child.step"."""
+        flat = dict(self.steps)
+        for child_id, child in self.children.items():
+            for step_id, rec in child.flat_steps().items():
+                flat[f"{child_id}.{step_id}"] = rec
+        return flat
 
 
 class EventType(StrEnum):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,10 +26,19 @@ from .errors import (
     Unimplemented,
     WorkflowNotFound,
 )
-from .model import Event, EventType, PendingResume, RunStatus, Snapshot, now
+from .model import Event, EventType, PendingResume, RunStatus, Snapshot, StepRecord, StepStatus, now
 from .schema import Schema, SchemaViolation
 from .store import Page, RunFilter, Store, StoredRun
-from .workflows import Registry, Step, Workflow
+from .workflows import (
+    BranchNode,
+    ForeachNode,
+    LoopNode,
+    Registry,
+    SleepNode,
+    Step,
+    Workflow,
+    node_ids,
+)
 
 _TRACE_ID = re.compile(r"[0-9a-fA-F]{1,32}")
 _MAX_ID_LENGTH = 256
@@ -61,6 +70,19 @@ class ResumeParams:
     resume_data: Any = None
     request_context: dict[str, Any] | None = None
     for_each_index: int | None = None
+
+
+@dataclass(frozen=True)
+class TimeTravelParams:
+    run_id: str
+    # Path of the step to re-execute from; segments may be dotted ("child.inner").
+    step: tuple[str, ...]
+    input_data: Any = None
+    initial_state: dict[str, Any] | None = None
+    resume_data: Any = None
+    # Step results to use instead of the snapshot's, keyed by step id ("child.inner" nested).
+    context: dict[str, StepRecord] = field(default_factory=dict)
+    request_context: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -187,23 +209,17 @@ class RunService:
                 "RUN_NOT_SUSPENDED",
                 f"run {snap.run_id!r} is not suspended (status {snap.status})",
             )
-        step_id, path, index = _resume_target(snap, params)
         workflow = self.get_workflow(snap.workflow_id)
-        found = workflow.find_step(step_id)
-        if found is None:  # the graph changed since the run suspended
-            raise _precondition(
-                snap,
-                "STEP_NOT_SUSPENDED",
-                f"step {step_id!r} is not part of workflow {workflow.id!r}",
-            )
-        data = _resume_data(found[0], params.resume_data)
+        path, index, step = _resume_target(workflow, snap, params)
+        data = _resume_data(step, params.resume_data)
 
         claimed = snap.model_copy(deep=True)
         claimed.status = RunStatus.RUNNING
         claimed.pending_resume = PendingResume(
-            step_id=step_id, path=path, data=data, for_each_index=index
+            step_id=path[0], path=path, data=data, for_each_index=index
         )
         claimed.resumed_since_suspend = True
+        claimed.pass_announced = True
         if params.request_context:
             claimed.request_context = {**snap.request_context, **params.request_context}
         claimed.updated_at = now()
@@ -266,15 +282,17 @@ class RunService:
                 "after_sequence must not be negative",
                 [FieldViolation("after_sequence", "must be >= 0")],
             )
-        await self.get(run_id)
+        stored = await self.get(run_id)
         first_kept = await self.store.first_kept_sequence(run_id)
         if after_sequence + 1 < first_kept:
             raise CursorExpired(run_id, after_sequence, first_kept)
         cursor = after_sequence
         while True:
+            if stored.snapshot.status.finished and stored.last_sequence <= cursor:
+                return  # a reconnect after the final event: nothing more will come
             events = await self.store.wait_events(run_id, cursor, _TAIL_BLOCK)
             if not events:
-                await self.get(run_id)  # deleted meanwhile -> RunNotFound
+                stored = await self.get(run_id)  # deleted meanwhile -> RunNotFound
                 continue
             for event in events:
                 yield event
@@ -298,8 +316,48 @@ class RunService:
     async def restart(self, run_id: str) -> StoredRun:
         raise Unimplemented("Restart is not implemented yet")
 
-    async def time_travel(self, run_id: str) -> StoredRun:
-        raise Unimplemented("TimeTravel is not implemented yet")
+    async def time_travel(self, params: TimeTravelParams) -> Resumed:
+        """Re-execute a settled run from a step, keeping the run id and continuing its event
+        sequence. Prior results come from `context` or the snapshot. Raises RunNotFound,
+        FailedPrecondition (running run, unknown step, snapshot that no longer matches the
+        graph — the snapshot is then untouched), InvalidArgument."""
+        stored = await self.get(params.run_id)
+        snap = stored.snapshot
+        if not snap.status.settled:
+            raise _precondition(
+                snap,
+                "RUN_IS_RUNNING",
+                f"run {snap.run_id!r} is {snap.status}; time travel needs a settled run",
+            )
+        path = _split_path(params.step, "step")
+        workflow = self.get_workflow(snap.workflow_id)
+        rewound = snap.model_copy(deep=True)
+        _rewind(workflow, rewound, path, params, original=snap)
+        if params.initial_state is not None:
+            state: Any = params.initial_state
+            if workflow.state_schema is not None:
+                violations: list[FieldViolation] = []
+                state = _conform(workflow.state_schema, state, "initial_state", violations)
+                if violations:
+                    raise InvalidArgument("invalid initial state", violations)
+            rewound.state = state
+        if params.request_context:
+            rewound.request_context = {**snap.request_context, **params.request_context}
+        rewound.status = RunStatus.RUNNING
+        rewound.result = rewound.error = None
+        rewound.pass_announced = True
+        rewound.resumed_since_suspend = False
+        rewound.updated_at = now()
+        start = Event(
+            type=EventType.WORKFLOW_START,
+            data={"workflow_id": snap.workflow_id, "reason": "time_travel"},
+        )
+        try:
+            await self.store.write(rewound, [start], expected_version=stored.version)
+        except StoreConflict:
+            raise Conflict(snap.run_id) from None
+        await self.store.enqueue(snap.run_id)
+        return Resumed(snap.run_id, RunStatus.RUNNING, stored.last_sequence)
 
 
 def _check_id(value: str, field_name: str, violations: list[FieldViolation]) -> None:
@@ -329,8 +387,25 @@ def _precondition(snap: Snapshot, reason: str, message: str) -> FailedPreconditi
     )
 
 
-def _resume_target(snap: Snapshot, params: ResumeParams) -> tuple[str, list[str], int | None]:
-    """Which suspended step a resume addresses: by label, by path, or the only one."""
+def _split_path(segments: Sequence[str], field_name: str) -> list[str]:
+    path = [seg for part in segments for seg in part.split(".")]
+    if not path or any(not seg for seg in path):
+        raise InvalidArgument(
+            f"{field_name} must name a step",
+            [FieldViolation(field_name, "must be a non-empty step path")],
+        )
+    return path
+
+
+def _leaf_names(snap: Snapshot) -> list[str]:
+    return sorted(".".join(leaf.path) for leaf in snap.suspended_leaves())
+
+
+def _resume_target(
+    workflow: Workflow, snap: Snapshot, params: ResumeParams
+) -> tuple[list[str], int | None, Step[Any, Any]]:
+    """Which suspended step a resume addresses (by label, by path, or the only one), checked
+    level by level into nested workflows. Returns its full path, foreach index and step."""
     index = params.for_each_index
     if params.label:
         label = snap.resume_labels.get(params.label)
@@ -340,32 +415,138 @@ def _resume_target(snap: Snapshot, params: ResumeParams) -> tuple[str, list[str]
                 "UNKNOWN_RESUME_LABEL",
                 f"no suspended step has the resume label {params.label!r}",
             )
-        step_id = label.step_id
+        path = list(label.path) or [label.step_id]
         index = label.for_each_index if index is None else index
-        path = [step_id]
     elif params.step:
-        path = [seg for part in params.step for seg in part.split(".")]
-        step_id = path[0]
+        path = _split_path(params.step, "step")
     else:
-        suspended = sorted(snap.suspended_paths)
-        if not suspended:
+        leaves = _leaf_names(snap)
+        if not leaves:
             raise _precondition(snap, "NO_SUSPENDED_STEPS", "the run has no suspended steps")
-        if len(suspended) > 1:
+        if len(leaves) > 1:
             raise _precondition(
                 snap,
                 "MULTIPLE_SUSPENDED_STEPS",
-                f"several steps are suspended ({', '.join(suspended)}); name one with `step`",
+                f"several steps are suspended ({', '.join(leaves)}); name one with `step`",
             )
-        step_id = suspended[0]
-        path = [step_id]
-    if step_id not in snap.suspended_paths or len(path) > 1:
-        raise _precondition(
+        path = leaves[0].split(".")
+
+    def not_suspended() -> FailedPrecondition:
+        return _precondition(
             snap,
             "STEP_NOT_SUSPENDED",
             f"step {'.'.join(path)!r} is not suspended; suspended steps: "
-            f"{', '.join(sorted(snap.suspended_paths)) or 'none'}",
+            f"{', '.join(_leaf_names(snap)) or 'none'}",
         )
-    return step_id, path, index
+
+    level, wf, depth = snap, workflow, 0
+    while depth < len(path):
+        segment = path[depth]
+        found = wf.find(segment)
+        if segment not in level.suspended_paths or found is None or found[2] is None:
+            raise not_suspended()
+        unit = found[2]
+        if isinstance(unit, Step):
+            if depth != len(path) - 1:
+                raise not_suspended()
+            return path, index, unit
+        child = level.children.get(segment)
+        if child is None:
+            raise not_suspended()
+        if depth == len(path) - 1:  # a path ending at a nested workflow: its one leaf
+            inner = child.suspended_leaves()
+            if len(inner) != 1:
+                raise _precondition(
+                    snap,
+                    "MULTIPLE_SUSPENDED_STEPS",
+                    f"several steps inside {segment!r} are suspended; name one with `step`",
+                )
+            path = [*path, *inner[0].path]
+        level, wf, depth = child, unit, depth + 1
+    raise not_suspended()
+
+
+def _rewind(
+    workflow: Workflow,
+    snap: Snapshot,
+    path: list[str],
+    params: TimeTravelParams,
+    *,
+    original: Snapshot,
+    prefix: str = "",
+) -> None:
+    """Rewrite `snap` so that executing it re-runs `path[0]` and everything after it.
+
+    Raises FailedPrecondition (with the untouched `original` in the details) when the step
+    is unknown or the snapshot no longer matches the graph."""
+
+    def refuse(reason: str, message: str) -> FailedPrecondition:
+        return _precondition(original, reason, message)
+
+    target = path[0]
+    found = workflow.find(target)
+    if found is None:
+        raise refuse("UNKNOWN_STEP", f"workflow {workflow.id!r} has no step {prefix + target!r}")
+    index, _, unit = found
+    graph_ids = {uid for node in workflow.nodes for uid in node_ids(node)}
+    strangers = sorted(k for k in snap.steps if k not in graph_ids)
+    if strangers:
+        raise refuse(
+            "SNAPSHOT_MISMATCH",
+            f"the run recorded steps the workflow no longer has: {', '.join(strangers)}",
+        )
+    for node in workflow.nodes[:index]:
+        if isinstance(node, BranchNode | LoopNode | ForeachNode | SleepNode):
+            continue  # re-executed (or re-chosen) if they have no result
+        for uid in node_ids(node):
+            rec = params.context.get(prefix + uid) or snap.steps.get(uid)
+            if rec is None or rec.status is not StepStatus.SUCCESS:
+                raise refuse(
+                    "SNAPSHOT_MISMATCH",
+                    f"step {prefix + uid!r} before {prefix + target!r} has no "
+                    "successful result in the snapshot or the context",
+                )
+            snap.steps[uid] = rec
+    old_target = snap.steps.get(target)
+    old_child = snap.children.get(target)
+    cleared = {uid for node in workflow.nodes[index:] for uid in node_ids(node)}
+    for uid in cleared:
+        snap.steps.pop(uid, None)
+        snap.suspended_paths.pop(uid, None)
+        snap.active_steps.pop(uid, None)
+        snap.children.pop(uid, None)
+    snap.step_execution_path = [s for s in snap.step_execution_path if s not in cleared]
+    snap.resume_labels = {k: v for k, v in snap.resume_labels.items() if v.step_id not in cleared}
+    snap.entry_state = {k: v for k, v in snap.entry_state.items() if int(k) < index}
+    snap.pending_resume = None
+    snap.status = RunStatus.RUNNING
+    if len(path) > 1:
+        if not isinstance(unit, Workflow) or old_child is None or old_target is None:
+            raise refuse("UNKNOWN_STEP", f"{prefix + target!r} is not a nested workflow that ran")
+        _rewind(unit, old_child, path[1:], params, original=original, prefix=f"{prefix}{target}.")
+        snap.children[target] = old_child
+        snap.steps[target] = StepRecord(
+            status=StepStatus.RUNNING, payload=old_target.payload, started_at=old_target.started_at
+        )
+        return
+    if not isinstance(unit, Step):
+        return
+    if params.input_data is not None:
+        violations: list[FieldViolation] = []
+        data = _conform(unit.input_schema, params.input_data, "input_data", violations)
+        if violations:
+            raise InvalidArgument(f"invalid input data for step {prefix + target!r}", violations)
+        snap.entry_state[str(index)] = {"input": data}
+    if (
+        params.resume_data is not None
+        and old_target is not None
+        and (old_target.status is StepStatus.SUSPENDED)
+    ):
+        snap.steps[target] = old_target
+        snap.suspended_paths[target] = original.suspended_paths.get(target, [index])
+        snap.pending_resume = PendingResume(
+            step_id=target, path=[target], data=_resume_data(unit, params.resume_data)
+        )
 
 
 def _resume_data(step: Step[Any, Any], data: Any) -> Any:

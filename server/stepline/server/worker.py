@@ -15,7 +15,9 @@ import os
 import socket
 import uuid
 from collections.abc import Sequence
+from typing import Protocol
 
+from . import logs
 from .errors import LeaseLost, RunNotFound, StoreUnavailable
 from .executor import Execution, serialize_error
 from .model import Event, EventType, RunStatus, Snapshot, now
@@ -25,6 +27,29 @@ from .workflows import Registry
 log = logging.getLogger(__name__)
 
 
+class PassObserver(Protocol):
+    """Follows one execution pass of a run (one lease): what it commits, then its end.
+
+    Called synchronously in the run's task, in commit order; it must not block, and what it
+    raises is logged and ignored. Telemetry (spans, metrics, logs) is built on this.
+    """
+
+    def committed(self, snapshot: Snapshot, events: Sequence[Event]) -> None:
+        """A transition was stored. `snapshot` is live: read it now, don't keep it."""
+        ...
+
+    def ended(self, snapshot: Snapshot, error: BaseException | None) -> None:
+        """The pass is over: settled, handed to a timer, or cut short by `error`
+        (CancelledError when the run was handed back at shutdown)."""
+        ...
+
+
+class RunObserver(Protocol):
+    def pass_started(self, snapshot: Snapshot) -> PassObserver:
+        """A worker took the run under a lease and is about to execute it."""
+        ...
+
+
 class StoreJournal:
     """Writes an execution's transitions under its lease's fence, one at a time.
 
@@ -32,17 +57,39 @@ class StoreJournal:
     a later snapshot never lands before an earlier one.
     """
 
-    def __init__(self, store: Store, lease: Lease) -> None:
+    def __init__(
+        self, store: Store, lease: Lease, *, observers: Sequence[PassObserver] = ()
+    ) -> None:
         self._store = store
         self._fence = lease.fence
         self._lock = asyncio.Lock()
+        self._observers = observers
 
     async def commit(
-        self, snapshot: Snapshot, events: Sequence[Event], *, release: bool = False
+        self,
+        snapshot: Snapshot,
+        events: Sequence[Event],
+        *,
+        release: bool = False,
+        wake_at: float | None = None,
     ) -> bool:
         async with self._lock:
-            outcome = await self._store.write(snapshot, events, fence=self._fence, release=release)
+            outcome = await self._store.write(
+                snapshot, events, fence=self._fence, release=release, wake_at=wake_at
+            )
+            for observer in self._observers:
+                try:
+                    observer.committed(snapshot, events)
+                except Exception:
+                    log.exception("run observer %r failed", observer)
         return outcome.cancel_requested
+
+    def end(self, snapshot: Snapshot, error: BaseException | None) -> None:
+        for observer in self._observers:
+            try:
+                observer.ended(snapshot, error)
+            except Exception:
+                log.exception("run observer %r failed", observer)
 
 
 def default_owner() -> str:
@@ -59,6 +106,7 @@ class Worker:
         max_concurrent_runs: int = 64,
         lease_ttl: float = 5.0,
         poll_block: float = 1.0,
+        observers: Sequence[RunObserver] = (),
     ) -> None:
         if max_concurrent_runs < 1:
             raise ValueError("max_concurrent_runs must be at least 1")
@@ -68,20 +116,29 @@ class Worker:
         self.max_concurrent_runs = max_concurrent_runs
         self.lease_ttl = lease_ttl
         self.poll_block = poll_block
+        self.observers = observers
         self._tasks: set[asyncio.Task[None]] = set()
         self._cancel_events: dict[str, asyncio.Event] = {}
         self._loops: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
         self._slot_freed = asyncio.Event()
+        # Set when this replica hands a run to a timer, so the timer loop looks again now.
+        self._timer_set = asyncio.Event()
 
     @property
     def active_runs(self) -> int:
         return len(self._tasks)
 
+    @property
+    def held_leases(self) -> int:
+        """Runs this replica is executing under a lease right now."""
+        return len(self._cancel_events)
+
     async def start(self) -> None:
         self._loops = [
             asyncio.create_task(self._consume(), name="stepline-consume"),
             asyncio.create_task(self._listen_cancels(), name="stepline-cancels"),
+            asyncio.create_task(self._fire_timers(), name="stepline-timers"),
         ]
 
     async def stop(self, grace: float = 10.0) -> None:
@@ -130,10 +187,25 @@ class Worker:
             except StoreUnavailable:
                 await asyncio.sleep(1.0)
 
+    async def _fire_timers(self) -> None:
+        """Queue sleeping runs whose timers are due. Timers live in the store, so any replica
+        wakes any run; the loop sleeps until the next known timer, and at most a second so
+        timers set by other replicas are seen."""
+        while not self._stopping.is_set():
+            try:
+                upcoming = await self.store.fire_timers(now())
+            except StoreUnavailable:
+                upcoming = None
+            delay = 1.0 if upcoming is None else min(1.0, max(0.0, upcoming - now()))
+            self._timer_set.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._timer_set.wait(), delay)
+
     # -- one run ---------------------------------------------------------------------------
     async def _run(self, item: WorkItem) -> None:
         lease: Lease | None = None
         handed_back = False
+        logs.bind_run(item.run_id)  # this task's log lines are about this run
         try:
             lease = await self.store.acquire(item.run_id, self.owner, self.lease_ttl)
             if lease is None:
@@ -163,8 +235,29 @@ class Worker:
 
     async def _execute(self, lease: Lease) -> None:
         snapshot = lease.run.snapshot
+        logs.bind_run(lease.run_id, snapshot.workflow_id)
+        journal = StoreJournal(self.store, lease, observers=self._passes(snapshot))
+        error: BaseException | None = None
+        try:
+            await self._execute_pass(lease, journal)
+        except BaseException as err:
+            error = err
+            raise
+        finally:
+            journal.end(snapshot, error)
+
+    def _passes(self, snapshot: Snapshot) -> list[PassObserver]:
+        passes: list[PassObserver] = []
+        for observer in self.observers:
+            try:
+                passes.append(observer.pass_started(snapshot))
+            except Exception:
+                log.exception("run observer %r failed", observer)
+        return passes
+
+    async def _execute_pass(self, lease: Lease, journal: StoreJournal) -> None:
+        snapshot = lease.run.snapshot
         workflow = self.registry.get(snapshot.workflow_id)
-        journal = StoreJournal(self.store, lease)
         if workflow is None:
             await _fail_unknown_workflow(journal, snapshot)
             return
@@ -174,7 +267,9 @@ class Worker:
         self._cancel_events[lease.run_id] = cancel
         heartbeat = asyncio.create_task(self._heartbeat(lease, cancel))
         try:
-            await Execution(workflow, snapshot, journal, cancel_event=cancel).run()
+            final = await Execution(workflow, snapshot, journal, cancel_event=cancel).run()
+            if final.status is RunStatus.WAITING:
+                self._timer_set.set()
         finally:
             heartbeat.cancel()
             self._cancel_events.pop(lease.run_id, None)

@@ -12,6 +12,7 @@ import importlib
 import inspect
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Generic, TypeAlias, TypeVar
 
 from .context import StepContext
@@ -127,53 +128,95 @@ def step(
     return wrap
 
 
-# A branch condition gets the previous output (JSON) and may be sync or async.
+# A condition gets the previous output (JSON) and may be sync or async.
 Condition: TypeAlias = Callable[["ConditionContext"], bool | Awaitable[bool]]
+# A map function reshapes the previous output; it gets a StepContext whose input is that output.
+MapFn: TypeAlias = Callable[[StepContext[Any]], Any]
 
 
 @dataclass(frozen=True)
 class ConditionContext:
+    """What a branch or loop condition sees. For loops, `input` is the iteration's output."""
+
     input: Any
     state: dict[str, Any]
     request_context: dict[str, Any]
     init_data: Any
     step_results: dict[str, Any]
+    iteration_count: int = 0
 
     def get_step_result(self, step: Step[Any, Any] | str) -> Any:
         return self.step_results.get(step if isinstance(step, str) else step.id)
 
 
 # -- graph nodes -----------------------------------------------------------------------------
-# Each node is one entry of the workflow's chain. Later kinds (loops, foreach, map, sleep,
-# nested workflows) join this union; the executor dispatches on the node type.
+# Each node is one entry of the workflow's chain; the executor dispatches on the node type.
+# A "unit" is what runs in a slot: a Step, or a committed Workflow used as a step (nested).
+
+Unit: TypeAlias = "Step[Any, Any] | Workflow"
 
 
 @dataclass(frozen=True)
 class StepNode:
-    step: Step[Any, Any]
+    step: Unit
+    # "step", or "mapping" for the synthetic step `map()` creates from `fn`.
+    kind: str = "step"
+    fn: Any = None
 
 
 @dataclass(frozen=True)
 class ParallelNode:
-    steps: tuple[Step[Any, Any], ...]
+    steps: tuple[Unit, ...]
 
 
 @dataclass(frozen=True)
 class BranchNode:
-    branches: tuple[tuple[Condition, Step[Any, Any]], ...]
+    branches: tuple[tuple[Condition, Unit], ...]
 
     @property
-    def steps(self) -> tuple[Step[Any, Any], ...]:
+    def steps(self) -> tuple[Unit, ...]:
         return tuple(s for _, s in self.branches)
 
 
-Node: TypeAlias = StepNode | ParallelNode | BranchNode
+@dataclass(frozen=True)
+class LoopNode:
+    step: Unit
+    condition: Condition
+    # dountil repeats until the condition holds; dowhile while it holds.
+    until: bool
 
 
-def node_steps(node: Node) -> tuple[Step[Any, Any], ...]:
-    if isinstance(node, StepNode):
+@dataclass(frozen=True)
+class ForeachNode:
+    step: Step[Any, Any]
+    concurrency: int
+
+
+@dataclass(frozen=True)
+class SleepNode:
+    id: str
+    seconds: float | None = None
+    # Absolute wake-up time (epoch seconds) for sleep_until.
+    until: float | None = None
+
+
+Node: TypeAlias = StepNode | ParallelNode | BranchNode | LoopNode | ForeachNode | SleepNode
+
+
+def node_units(node: Node) -> tuple[Unit, ...]:
+    """The units a node runs (a sleep runs none)."""
+    if isinstance(node, StepNode | LoopNode | ForeachNode):
         return (node.step,)
+    if isinstance(node, SleepNode):
+        return ()
     return node.steps
+
+
+def node_ids(node: Node) -> tuple[str, ...]:
+    """The ids a node records results under."""
+    if isinstance(node, SleepNode):
+        return (node.id,)
+    return tuple(u.id for u in node_units(node))
 
 
 def _condition_source(cond: Condition) -> str:
@@ -183,30 +226,64 @@ def _condition_source(cond: Condition) -> str:
         return getattr(cond, "__qualname__", repr(cond))
 
 
-def _describe_node(node: Node) -> dict[str, Any]:
-    def leaf(s: Step[Any, Any]) -> dict[str, Any]:
-        can_suspend = s.resume_schema is not None or s.suspend_schema is not None
+def _describe_unit(unit: Unit) -> dict[str, Any]:
+    if isinstance(unit, Workflow):
         return {
-            "type": "step",
-            "step": {"id": s.id, "description": s.description, "can_suspend": can_suspend},
+            "type": "workflow",
+            "id": unit.id,
+            "description": unit.description,
+            "graph": [_describe_node(n) for n in unit.nodes],
         }
-
-    if isinstance(node, StepNode):
-        return leaf(node.step)
-    if isinstance(node, ParallelNode):
-        return {"type": "parallel", "steps": [leaf(s) for s in node.steps]}
+    can_suspend = unit.resume_schema is not None or unit.suspend_schema is not None
     return {
-        "type": "conditional",
-        "steps": [leaf(s) for s in node.steps],
-        "conditions": [
-            {"id": f"{s.id}-condition", "source": _condition_source(c)} for c, s in node.branches
-        ],
+        "type": "step",
+        "step": {"id": unit.id, "description": unit.description, "can_suspend": can_suspend},
     }
+
+
+def _describe_node(node: Node) -> dict[str, Any]:
+    if isinstance(node, StepNode):
+        if node.kind == "mapping":
+            return {"type": "mapping", "id": node.step.id, "source": _condition_source(node.fn)}
+        return _describe_unit(node.step)
+    if isinstance(node, ParallelNode):
+        return {"type": "parallel", "steps": [_describe_unit(s) for s in node.steps]}
+    if isinstance(node, BranchNode):
+        return {
+            "type": "conditional",
+            "steps": [_describe_unit(s) for s in node.steps],
+            "conditions": [
+                {"id": f"{s.id}-condition", "source": _condition_source(c)}
+                for c, s in node.branches
+            ],
+        }
+    if isinstance(node, LoopNode):
+        return {
+            "type": "loop",
+            "loop_type": "dountil" if node.until else "dowhile",
+            "step": _describe_unit(node.step),
+            "condition": {
+                "id": f"{node.step.id}-condition",
+                "source": _condition_source(node.condition),
+            },
+        }
+    if isinstance(node, ForeachNode):
+        return {
+            "type": "foreach",
+            "step": _describe_unit(node.step),
+            "concurrency": node.concurrency,
+        }
+    if node.until is not None:
+        return {"type": "sleep_until", "id": node.id, "until": node.until}
+    return {"type": "sleep", "id": node.id, "seconds": node.seconds}
 
 
 @dataclass
 class Workflow:
-    """A chain of graph entries; `commit()` freezes it so it can run."""
+    """A chain of graph entries; `commit()` freezes it so it can run.
+
+    A committed workflow can itself be used as a step of another workflow (nested).
+    """
 
     id: str
     input: type[Any]
@@ -220,28 +297,38 @@ class Workflow:
     def __post_init__(self) -> None:
         if not self.id or not isinstance(self.id, str):
             raise WorkflowDefinitionError("a workflow needs a non-empty string id")
+        if "." in self.id:
+            raise WorkflowDefinitionError(f"workflow id {self.id!r} must not contain '.'")
         self.input_schema: Schema[Any] = Schema(self.input)
         self.output_schema: Schema[Any] = Schema(self.output)
         self.state_schema = optional_schema(self.state)
+
+    def __hash__(self) -> int:
+        return id(self)
 
     # -- builder ---------------------------------------------------------------------------
     def _add(self, node: Node) -> Workflow:
         if self.committed:
             raise WorkflowDefinitionError(f"workflow {self.id!r} is committed; it can't change")
+        for unit in node_units(node):
+            if isinstance(unit, Workflow) and not unit.committed:
+                raise WorkflowDefinitionError(
+                    f"nested workflow {unit.id!r} must be committed before it is used"
+                )
         self.nodes.append(node)
         return self
 
-    def then(self, step: Step[Any, Any]) -> Workflow:
-        """Run `step` on the previous entry's output."""
+    def then(self, step: Unit) -> Workflow:
+        """Run `step` (or a committed workflow) on the previous entry's output."""
         return self._add(StepNode(step))
 
-    def parallel(self, steps: Sequence[Step[Any, Any]]) -> Workflow:
+    def parallel(self, steps: Sequence[Unit]) -> Workflow:
         """Run all `steps` concurrently; the next entry gets {step_id: output}."""
         if not steps:
             raise WorkflowDefinitionError("parallel() needs at least one step")
         return self._add(ParallelNode(tuple(steps)))
 
-    def branch(self, branches: Sequence[tuple[Condition, Step[Any, Any]]]) -> Workflow:
+    def branch(self, branches: Sequence[tuple[Condition, Unit]]) -> Workflow:
         """Evaluate every condition; run all steps whose condition is true, in parallel.
 
         The next entry gets {step_id: output} for the steps that ran ({} if none did).
@@ -251,29 +338,85 @@ class Workflow:
             raise WorkflowDefinitionError("branch() needs at least one (condition, step)")
         return self._add(BranchNode(tuple(branches)))
 
+    def dowhile(self, step: Unit, condition: Condition) -> Workflow:
+        """Run `step`, then again on its own output while `condition` holds."""
+        return self._add(LoopNode(step, condition, until=False))
+
+    def dountil(self, step: Unit, condition: Condition) -> Workflow:
+        """Run `step`, then again on its own output until `condition` holds."""
+        return self._add(LoopNode(step, condition, until=True))
+
+    def foreach(self, step: Step[Any, Any], *, concurrency: int = 1) -> Workflow:
+        """Run `step` once per element of the previous output (a list), at most
+        `concurrency` at a time; the next entry gets the outputs in input order."""
+        if concurrency < 1:
+            raise WorkflowDefinitionError("foreach concurrency must be at least 1")
+        return self._add(ForeachNode(step, concurrency))
+
+    def map(self, fn: MapFn, *, id: str | None = None) -> Workflow:
+        """Reshape the previous output with `fn(ctx)` (sync or async) in a synthetic step.
+
+        Its id is `map_<workflow id>_<n>` (n counts map entries from 1) unless given, so it
+        is the same across restarts and deployments.
+        """
+        ordinal = 1 + sum(1 for n in self.nodes if isinstance(n, StepNode) and n.kind == "mapping")
+
+        async def execute(ctx: StepContext[Any]) -> Any:
+            result = fn(ctx)
+            if inspect.isawaitable(result):
+                result = await result
+            return result
+
+        mapping: Step[Any, Any] = Step(
+            id or f"map_{self.id}_{ordinal}", execute, input=_AnyJson, output=_AnyJson
+        )
+        return self._add(StepNode(mapping, kind="mapping", fn=fn))
+
+    def sleep(self, seconds: float, *, id: str | None = None) -> Workflow:
+        """Wait durably; the run is WAITING meanwhile and the previous output passes through."""
+        if seconds < 0:
+            raise WorkflowDefinitionError("sleep duration must not be negative")
+        return self._add(SleepNode(id or self._sleep_id(), seconds=seconds))
+
+    def sleep_until(self, when: datetime | float, *, id: str | None = None) -> Workflow:
+        """Wait durably until `when` (an aware datetime or epoch seconds)."""
+        at = when.timestamp() if isinstance(when, datetime) else float(when)
+        return self._add(SleepNode(id or self._sleep_id(), until=at))
+
+    def _sleep_id(self) -> str:
+        return f"sleep_{self.id}_{1 + sum(1 for n in self.nodes if isinstance(n, SleepNode))}"
+
     def commit(self) -> Workflow:
         """Freeze the graph; checks it is non-empty and step ids are unique."""
         if not self.nodes:
             raise WorkflowDefinitionError(f"workflow {self.id!r} has no steps")
         seen: set[str] = set()
-        for s in self.steps():
-            if s.id in seen:
-                raise WorkflowDefinitionError(f"workflow {self.id!r}: duplicate step id {s.id!r}")
-            seen.add(s.id)
+        for node in self.nodes:
+            for uid in node_ids(node):
+                if uid in seen:
+                    raise WorkflowDefinitionError(
+                        f"workflow {self.id!r}: duplicate step id {uid!r}"
+                    )
+                seen.add(uid)
         self.committed = True
         return self
 
     # -- introspection ---------------------------------------------------------------------
     def steps(self) -> Iterator[Step[Any, Any]]:
+        """Every Step of this workflow's own graph (nested workflows not expanded)."""
         for node in self.nodes:
-            yield from node_steps(node)
+            for unit in node_units(node):
+                if isinstance(unit, Step):
+                    yield unit
 
-    def find_step(self, step_id: str) -> tuple[Step[Any, Any], list[int]] | None:
-        """The step with `step_id` and its position (entry index, child index)."""
+    def find(self, unit_id: str) -> tuple[int, Node, Unit | None] | None:
+        """The entry index and node holding `unit_id` (and the unit; None for a sleep)."""
         for index, node in enumerate(self.nodes):
-            for child, s in enumerate(node_steps(node)):
-                if s.id == step_id:
-                    return s, ([index] if isinstance(node, StepNode) else [index, child])
+            if isinstance(node, SleepNode) and node.id == unit_id:
+                return index, node, None
+            for unit in node_units(node):
+                if unit.id == unit_id:
+                    return index, node, unit
         return None
 
     def describe(self) -> dict[str, Any]:
@@ -287,6 +430,9 @@ class Workflow:
             "steps": [s.describe() for s in self.steps()],
             "graph": [_describe_node(n) for n in self.nodes],
         }
+
+
+_AnyJson: Any = Any
 
 
 class Registry:

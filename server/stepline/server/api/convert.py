@@ -14,7 +14,7 @@ from stepline.v1 import event_pb2, run_pb2, workflow_pb2
 from stepline.v1 import workflow_service_pb2 as service_pb2
 
 from ..model import ErrorData, Event, EventType, RunStatus, StepRecord, StepStatus
-from ..runs import ResumeParams, StartParams
+from ..runs import ResumeParams, StartParams, TimeTravelParams
 from ..store import RunFilter, RunRow, StoredRun
 from .values import (
     RequestDecoder,
@@ -120,15 +120,12 @@ def run_result(run: StoredRun, *, include_state: bool = False) -> run_pb2.RunRes
     snapshot = run.snapshot
     suspended: list[run_pb2.SuspendedStep] = []
     if snapshot.status is RunStatus.SUSPENDED:
-        for step_id in snapshot.suspended_paths:
-            record = snapshot.steps.get(step_id)
-            suspended.append(
-                run_pb2.SuspendedStep(
-                    path=[step_id],
-                    payload=to_value(record.suspend_payload if record else None),
-                    labels=record.suspend_labels if record else [],
-                )
+        suspended = [
+            run_pb2.SuspendedStep(
+                path=leaf.path, payload=to_value(leaf.payload), labels=leaf.labels
             )
+            for leaf in snapshot.suspended_leaves()
+        ]
     return run_pb2.RunResult(
         run_id=snapshot.run_id,
         workflow_id=snapshot.workflow_id,
@@ -137,7 +134,7 @@ def run_result(run: StoredRun, *, include_state: bool = False) -> run_pb2.RunRes
         input=to_value(snapshot.input),
         result=to_value(snapshot.result) if snapshot.status is RunStatus.SUCCESS else None,
         error=run_error(snapshot.error) if snapshot.status is RunStatus.FAILED else None,
-        steps={step_id: step_result(record) for step_id, record in snapshot.steps.items()},
+        steps={step_id: step_result(record) for step_id, record in snapshot.flat_steps().items()},
         suspended=suspended,
         state=to_struct(snapshot.state) if include_state else None,
         step_execution_path=snapshot.step_execution_path,
@@ -425,13 +422,53 @@ def watch_cursor(request: service_pb2.WatchRequest) -> int:
     return request.after_sequence
 
 
-def time_travel_run_id(
+def time_travel_params(
     request: service_pb2.TimeTravelRequest | service_pb2.TimeTravelStreamRequest,
-) -> str:
-    """The run id of a time-travel request, after checking its wire-level shape."""
+) -> TimeTravelParams:
+    """A decoded TimeTravel request; `context` entries become step records."""
     decoder = RequestDecoder()
     decoder.required(request.run_id, "run_id")
+    if not request.step:
+        decoder.fail("step", "must name the step to re-execute from")
     for index, segment in enumerate(request.step):
         decoder.required(segment, f"step[{index}]")
+    context: dict[str, StepRecord] = {}
+    for step_id, result in request.context.items():
+        field = f"context[{step_id!r}]"
+        status = STEP_STATUS_FROM_PROTO.get(result.status)
+        if status is None:
+            decoder.fail(f"{field}.status", "must be a known step status")
+            continue
+        context[step_id] = StepRecord(
+            status=status,
+            payload=decoder.value(result.payload, f"{field}.payload"),
+            output=decoder.value(result.output, f"{field}.output"),
+        )
+
+    params = TimeTravelParams(
+        run_id=request.run_id,
+        step=tuple(request.step),
+        input_data=(
+            decoder.value(request.input_data, "input_data")
+            if request.HasField("input_data")
+            else None
+        ),
+        initial_state=(
+            decoder.struct(request.initial_state, "initial_state")
+            if request.HasField("initial_state")
+            else None
+        ),
+        resume_data=(
+            decoder.value(request.resume_data, "resume_data")
+            if request.HasField("resume_data")
+            else None
+        ),
+        context=context,
+        request_context=(
+            decoder.struct(request.request_context, "request_context")
+            if request.HasField("request_context")
+            else None
+        ),
+    )
     decoder.check()
-    return request.run_id
+    return params

@@ -26,11 +26,13 @@ from ..errors import (
     CursorExpired,
     FailedPrecondition,
     InvalidArgument,
+    PermissionDenied,
     ResumeAlreadyClaimed,
     RunAlreadyExists,
     RunNotFound,
     SteplineError,
     StoreUnavailable,
+    Unauthenticated,
     Unimplemented,
     WorkflowNotFound,
 )
@@ -59,6 +61,8 @@ CODES: dict[type[SteplineError], grpc.StatusCode] = {
     CursorExpired: grpc.StatusCode.OUT_OF_RANGE,
     Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
     StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
 }
 
 

@@ -18,7 +18,9 @@ from . import convert
 from .errors import streaming, unary
 
 # Seconds kept back from the caller's deadline so a bounded wait still answers normally.
-DEADLINE_MARGIN_MIN = 0.1
+# Redis wakes a timed-out blocking read on its timer tick (every 100 ms at the default hz),
+# so the margin must cover that on top of the reply's way back.
+DEADLINE_MARGIN_MIN = 0.25
 DEADLINE_MARGIN_MAX = 1.0
 DEADLINE_MARGIN_FRACTION = 0.1
 
@@ -132,7 +134,8 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
     async def TimeTravel(
         self, request: pb.TimeTravelRequest, context: Any
     ) -> pb.TimeTravelResponse:
-        run = await self._service.time_travel(convert.time_travel_run_id(request))
+        traveled = await self._service.time_travel(convert.time_travel_params(request))
+        run = await self._service.wait(traveled.run_id, after_sequence=traveled.after_sequence)
         include_state = request.output_options.include_state
         return pb.TimeTravelResponse(result=convert.run_result(run, include_state=include_state))
 
@@ -140,11 +143,9 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
     async def TimeTravelStream(
         self, request: pb.TimeTravelStreamRequest, context: Any
     ) -> AsyncGenerator[pb.TimeTravelStreamResponse, None]:
-        # The engine's time_travel has no continuation cursor yet (it raises Unimplemented);
-        # once it returns one, this streams from it like ResumeStream does.
-        run = await self._service.time_travel(convert.time_travel_run_id(request))
+        traveled = await self._service.time_travel(convert.time_travel_params(request))
         events = self._events(
-            run.snapshot.run_id, after_sequence=run.last_sequence, keep_open_on_suspend=False
+            traveled.run_id, after_sequence=traveled.after_sequence, keep_open_on_suspend=False
         )
         async for event in events:
             yield pb.TimeTravelStreamResponse(event=event)

@@ -112,8 +112,12 @@ class Store(Protocol):
         fence: int | None = None,
         expected_version: int | None = None,
         release: bool = False,
+        wake_at: float | None = None,
     ) -> WriteOutcome:
         """Store `snapshot` (whole) and append `events`, as one atomic step.
+
+        `wake_at` registers a durable timer: at that time `fire_timers` queues the run again
+        (a WAITING run handed back by its holder).
 
         Exactly one guard applies: `fence` (holder write; `LeaseLost` if stale) or
         `expected_version` (unheld compare-and-set; `StoreConflict` if the version moved or a
@@ -147,11 +151,21 @@ class Store(Protocol):
         """Queue a run for execution (after a resume claim, or to re-drive it)."""
         ...
 
+    async def fire_timers(self, now: float, limit: int = 100) -> float | None:
+        """Queue every run whose timer is due (at most `limit`) and drop those timers.
+        Returns the earliest remaining wake-up time, or None. Safe to call from every replica
+        at once (a run may be queued twice; acquiring it is what counts)."""
+        ...
+
     async def dequeue(self, consumer: str, count: int, block: float) -> list[WorkItem]:
         """Take up to `count` queued items, waiting up to `block` seconds for the first."""
         ...
 
     async def ack(self, item: WorkItem) -> None: ...
+
+    async def queue_depth(self) -> int:
+        """How many queued items no worker has taken yet (a gauge, and the health probe)."""
+        ...
 
     async def read_events(self, run_id: str, after: int, limit: int = 1000) -> list[Event]:
         """Events with sequence > after, in order. Raises `RunNotFound` for an unknown run."""

@@ -32,6 +32,8 @@ class Keys:
         self.group = f"{prefix}-workers"
         self.cancel_channel = f"{prefix}:cancel"
         self.index_all = f"{prefix}:idx:all"
+        # Durable timers of WAITING runs: run id scored by its wake-up time.
+        self.timers = f"{prefix}:timers"
 
     def run(self, run_id: str) -> str:
         """The run's hash: snapshot JSON plus version, sequence, lease and cancel fields."""

@@ -85,6 +85,7 @@ class MemoryStore:
         self._queue: asyncio.Queue[WorkItem] = asyncio.Queue()
         self._tokens = itertools.count(1)
         self._cancel_listeners: set[asyncio.Queue[str]] = set()
+        self._timers: dict[str, float] = {}
 
     @property
     def durable(self) -> bool:
@@ -118,6 +119,7 @@ class MemoryStore:
         fence: int | None = None,
         expected_version: int | None = None,
         release: bool = False,
+        wake_at: float | None = None,
     ) -> WriteOutcome:
         """Store the snapshot and append the events under exactly one guard (see `Store`)."""
         if (fence is None) == (expected_version is None):
@@ -151,6 +153,8 @@ class MemoryStore:
         if snapshot.status.settled:
             # A cancel request targets the execution in progress; once settled it is moot.
             run.cancel = False
+        if wake_at is not None:
+            self._timers[snapshot.run_id] = wake_at
         outcome = WriteOutcome(
             version=run.version, last_sequence=len(run.events), cancel_requested=cancel_requested
         )
@@ -204,6 +208,13 @@ class MemoryStore:
     async def enqueue(self, run_id: str) -> None:
         self._enqueue(run_id)
 
+    async def fire_timers(self, now: float, limit: int = 100) -> float | None:
+        due = sorted((at, run_id) for run_id, at in self._timers.items() if at <= now)[:limit]
+        for _, run_id in due:
+            del self._timers[run_id]
+            self._enqueue(run_id)
+        return min(self._timers.values(), default=None)
+
     async def dequeue(self, consumer: str, count: int, block: float) -> list[WorkItem]:
         """Take up to `count` items; wait up to `block` seconds (0: not at all) for the first."""
         if count < 1:
@@ -218,6 +229,9 @@ class MemoryStore:
         while len(items) < count and not self._queue.empty():
             items.append(self._queue.get_nowait())
         return items
+
+    async def queue_depth(self) -> int:
+        return self._queue.qsize()
 
     async def ack(self, item: WorkItem) -> None:
         """Nothing to do: as with the Redis queue, a taken item is never handed out again."""
@@ -265,6 +279,7 @@ class MemoryStore:
         return Page(rows=page, next_cursor=encode_cursor(page[-1]) if len(rows) > limit else "")
 
     async def delete(self, run_id: str) -> bool:
+        self._timers.pop(run_id, None)
         return self._runs.pop(run_id, None) is not None
 
     async def close(self) -> None:

@@ -79,6 +79,7 @@ class RedisStore:
         self._grace = float(socket_timeout) if socket_timeout else _DEFAULT_GRACE
         self._create = client.register_script(scripts.CREATE)
         self._write = client.register_script(scripts.WRITE)
+        self._drop_fired = client.register_script(scripts.DROP_FIRED_TIMERS)
         self._acquire = client.register_script(scripts.ACQUIRE)
         self._renew = client.register_script(scripts.RENEW)
         self._release = client.register_script(scripts.RELEASE)
@@ -156,8 +157,13 @@ class RedisStore:
         fence: int | None = None,
         expected_version: int | None = None,
         release: bool = False,
+        wake_at: float | None = None,
     ) -> WriteOutcome:
-        """Store the snapshot and append the events in one script (see `Store.write`)."""
+        """Store the snapshot and append the events in one script (see `Store.write`).
+
+        A timer (`wake_at`) lives in a global sorted set that the script can't touch under
+        Redis Cluster, so it is added first: if the write then fails, the timer only queues
+        a run that acquiring then ignores; a timer is never lost after a successful write."""
         if fence is not None and expected_version is None:
             guard = ["fence", str(fence)]
         elif fence is None and expected_version is not None:
@@ -178,6 +184,8 @@ class RedisStore:
             *(event.model_dump_json(exclude={"sequence"}) for event in events),
         ]
         with _reachable():
+            if wake_at is not None:
+                await self._redis.zadd(self._keys.timers, {run_id: wake_at})
             reply = await self._write(keys=self._run_keys(run_id), args=args)
         match reply[0]:
             case "ok":
@@ -241,6 +249,20 @@ class RedisStore:
         with _reachable():
             await self._redis.xadd(self._keys.queue, {"run_id": run_id})
 
+    async def fire_timers(self, now: float, limit: int = 100) -> float | None:
+        """Queue due runs first, then drop their timers: a crash in between queues a run
+        twice, never loses it."""
+        with _reachable():
+            due = await self._redis.zrangebyscore(self._keys.timers, "-inf", now, 0, limit)
+            if due:
+                pipe = self._redis.pipeline(transaction=False)
+                for run_id in due:
+                    pipe.xadd(self._keys.queue, {"run_id": str(run_id)})
+                await pipe.execute()
+                await self._drop_fired(keys=[self._keys.timers], args=[repr(now), *due])
+            upcoming = await self._redis.zrange(self._keys.timers, 0, 0, withscores=True)
+        return float(upcoming[0][1]) if upcoming else None
+
     async def dequeue(self, consumer: str, count: int, block: float) -> list[WorkItem]:
         """XREADGROUP of new entries; `block` <= 0 reads without waiting."""
         if count < 1:
@@ -259,6 +281,19 @@ class RedisStore:
             for entry_id, fields in entries
             if fields is not None
         ]
+
+    async def queue_depth(self) -> int:
+        """Entries in the queue stream minus those delivered and not yet acked (taken items
+        are deleted when acked, so the stream holds only waiting and in-progress ones)."""
+        with _reachable():
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.xlen(self._keys.queue)
+            pipe.xpending(self._keys.queue, self._keys.group)
+            length, pending = await pipe.execute(raise_on_error=False)
+        if isinstance(length, Exception):
+            raise length
+        taken = 0 if isinstance(pending, Exception) else int(pending["pending"])  # no group yet
+        return max(0, int(length) - taken)
 
     async def ack(self, item: WorkItem) -> None:
         pipe = self._redis.pipeline(transaction=False)
@@ -358,6 +393,7 @@ class RedisStore:
             pipe = self._redis.pipeline(transaction=False)
             for index in self._keys.indexes(str(reply[1]), str(reply[2])):
                 pipe.zrem(index, run_id)
+            pipe.zrem(self._keys.timers, run_id)
             await pipe.execute()
         return True
 

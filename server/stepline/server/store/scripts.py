@@ -13,6 +13,7 @@ __all__ = [
     "ACQUIRE",
     "CREATE",
     "DELETE",
+    "DROP_FIRED_TIMERS",
     "EVENT_FIELD",
     "RELEASE",
     "RENEW",
@@ -147,4 +148,17 @@ local ids = redis.call('HMGET', KEYS[1], 'workflow_id', 'resource_id')
 if not ids[1] then return {0} end
 redis.call('DEL', KEYS[1], KEYS[2])
 return {1, ids[1], ids[2]}
+"""
+
+# KEYS: timers sorted set. ARGV: now, run id...
+# Drops the given timers only if still due: a run that woke and slept again meanwhile keeps
+# its new timer.
+DROP_FIRED_TIMERS = """
+for i = 2, #ARGV do
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if score and tonumber(score) <= tonumber(ARGV[1]) then
+    redis.call('ZREM', KEYS[1], ARGV[i])
+  end
+end
+return 1
 """

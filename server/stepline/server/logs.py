@@ -1,0 +1,235 @@
+"""Structured logs: one line per record, as JSON or for a console, carrying the run it is about.
+
+The run a line is about comes from context variables: the worker binds `run_id` and
+`workflow_id` for the task that executes a run (and so for every step it runs), the gRPC
+interceptor binds them from the request for the task that serves an RPC. A record can also
+name them itself with `extra={"run_id": ...}`. The current OpenTelemetry span adds
+`trace_id` and `span_id`. Secrets given to `configure` (bearer tokens) never reach the
+output, even if some message happened to include one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Literal, TextIO
+
+from opentelemetry import trace
+
+from .model import Event, EventType, RunStatus, Snapshot
+
+_run_id: ContextVar[str | None] = ContextVar("stepline_run_id", default=None)
+_workflow_id: ContextVar[str | None] = ContextVar("stepline_workflow_id", default=None)
+
+CONTEXT_FIELDS = ("run_id", "workflow_id", "trace_id", "span_id")
+REDACTED = "[REDACTED]"
+# Shorter secrets are not searched for: replacing them would mangle ordinary text.
+MIN_REDACTED_LENGTH = 6
+
+# Attributes every LogRecord has; anything else on a record came from `extra=`.
+_STANDARD = frozenset(
+    vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys() | {"message", "asctime"}
+)
+
+
+def bind_run(run_id: str, workflow_id: str | None = None) -> None:
+    """Say that what the current task logs from now on is about this run."""
+    _run_id.set(run_id)
+    if workflow_id is not None:
+        _workflow_id.set(workflow_id)
+
+
+@contextmanager
+def run_context(run_id: str | None, workflow_id: str | None = None) -> Iterator[None]:
+    """Like `bind_run` for the duration of the block (None leaves a field as it was)."""
+    tokens = [
+        (var, var.set(value))
+        for var, value in ((_run_id, run_id), (_workflow_id, workflow_id))
+        if value
+    ]
+    try:
+        yield
+    finally:
+        for var, token in reversed(tokens):
+            # A stream handler's generator can be finalized outside the task that ran it.
+            with contextlib.suppress(ValueError):
+                var.reset(token)
+
+
+class ContextFilter(logging.Filter):
+    """Adds the run and trace fields of the current context to every record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "run_id", None) is None:
+            record.run_id = _run_id.get()
+        if getattr(record, "workflow_id", None) is None:
+            record.workflow_id = _workflow_id.get()
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid and getattr(record, "trace_id", None) is None:
+            record.trace_id = format(span.trace_id, "032x")
+            record.span_id = format(span.span_id, "016x")
+        return True
+
+
+class _Redacting(logging.Formatter):
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        super().__init__()
+        self._secrets = sorted(
+            {s for s in secrets if len(s) >= MIN_REDACTED_LENGTH}, key=len, reverse=True
+        )
+
+    def redact(self, text: str) -> str:
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        return text
+
+
+class JsonFormatter(_Redacting):
+    """`{"ts", "level", "logger", "message", run_id?, workflow_id?, trace_id?, ...}`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": _timestamp(record.created),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD and value is not None and not key.startswith("_"):
+                line[key] = value if _is_json_scalar(value) else str(value)
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return self.redact(json.dumps(line, ensure_ascii=False, default=str))
+
+
+class ConsoleFormatter(_Redacting):
+    """`time LEVEL logger: message  run_id=… workflow_id=…`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = " ".join(
+            f"{key}={getattr(record, key)}"
+            for key in ("run_id", "workflow_id")
+            if getattr(record, key, None)
+        )
+        text = f"{_timestamp(record.created)} {record.levelname} {record.name}: "
+        text += record.getMessage()
+        if fields:
+            text += f"  {fields}"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return self.redact(text)
+
+
+def configure(
+    *,
+    level: str = "INFO",
+    format: Literal["console", "json"] = "console",
+    secrets: Iterable[str] = (),
+    stream: TextIO | None = None,
+) -> logging.Handler:
+    """Send every log record to `stream` (stderr) in `format`; replaces earlier handlers."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    formatter = JsonFormatter(secrets) if format == "json" else ConsoleFormatter(secrets)
+    handler.setFormatter(formatter)
+    handler.addFilter(ContextFilter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    # grpc's Cython layer logs a line per call at DEBUG that says nothing useful.
+    logging.getLogger("grpc._cython.cygrpc").setLevel(max(root.level, logging.INFO))
+    return handler
+
+
+class RunLog:
+    """`RunObserver` that writes a line when a pass begins and ends and for each step result
+    (successful steps at DEBUG). Every line names the run and its workflow."""
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self._log = logger or logging.getLogger("stepline.runs")
+
+    def pass_started(self, snapshot: Snapshot) -> _RunPassLog:
+        return _RunPassLog(self._log, snapshot)
+
+
+class _RunPassLog:
+    def __init__(self, logger: logging.Logger, snapshot: Snapshot) -> None:
+        self._log = logger
+        self._extra = {"run_id": snapshot.run_id, "workflow_id": snapshot.workflow_id}
+        self._finished = False
+        logger.debug(
+            "run %s taken (status %s)", snapshot.run_id, snapshot.status, extra=self._extra
+        )
+
+    def committed(self, snapshot: Snapshot, events: Sequence[Event]) -> None:
+        for event in events:
+            data = event.data
+            if event.type is EventType.WORKFLOW_START:
+                self._log.info(
+                    "run %s began (%s)", snapshot.run_id, data.get("reason"), extra=self._extra
+                )
+            elif event.type is EventType.STEP_START:
+                self._log.debug("step %s started", data.get("step_id"), extra=self._extra)
+            elif event.type is EventType.STEP_RESULT:
+                self._step_result(data)
+            elif event.type is EventType.STEP_SUSPENDED:
+                self._log.info("step %s suspended", data.get("step_id"), extra=self._extra)
+            elif event.type is EventType.WORKFLOW_FINISH:
+                self._finished = True
+                error = data.get("error") or {}
+                self._log.info(
+                    "run %s finished: %s%s",
+                    snapshot.run_id,
+                    data.get("status"),
+                    f" ({error.get('name')}: {error.get('message')})" if error else "",
+                    extra=self._extra,
+                )
+
+    def _step_result(self, data: Mapping[str, Any]) -> None:
+        status = data.get("status")
+        started, ended = data.get("started_at"), data.get("ended_at")
+        took = (
+            f" in {(ended - started) * 1000:.0f} ms"
+            if isinstance(started, int | float) and isinstance(ended, int | float)
+            else ""
+        )
+        level = logging.DEBUG if status == "success" else logging.INFO
+        error = data.get("error") or {}
+        detail = f": {error.get('name')}: {error.get('message')}" if error else ""
+        self._log.log(
+            level,
+            "step %s %s%s%s",
+            data.get("step_id"),
+            status,
+            took,
+            detail,
+            extra={**self._extra, "step_id": data.get("step_id")},
+        )
+
+    def ended(self, snapshot: Snapshot, error: BaseException | None) -> None:
+        if error is not None:
+            self._log.info(
+                "run %s: pass ended early (%s)",
+                snapshot.run_id,
+                type(error).__name__,
+                extra=self._extra,
+            )
+        elif not self._finished and snapshot.status is RunStatus.WAITING:
+            self._log.info("run %s is waiting for a timer", snapshot.run_id, extra=self._extra)
+
+
+def _timestamp(created: float) -> str:
+    whole = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
+    return f"{whole}.{int(created % 1 * 1000):03d}Z"
+
+
+def _is_json_scalar(value: object) -> bool:
+    return isinstance(value, str | int | float | bool)

@@ -1,0 +1,325 @@
+"""OpenTelemetry tracing: a span per RPC (see api/interceptors.py), per execution pass of a
+run, and per step.
+
+A run's trace is the one named by its snapshot's `trace_id`, which a start takes from
+`tracing_options.trace_id`, else from the call's trace (incoming `traceparent`, or the RPC's
+own span). The trace id is stored with the run, so every pass, on any replica, after any
+restart, lands in the same trace: each pass is a root span `run <workflow>` of that trace,
+carrying the run's ids and `tracing_options.metadata` (as `stepline.trace_metadata.<key>`),
+and the steps it executes are its children. A run with no stored trace id (started without
+gRPC) gets one derived from its run id, so its passes still share one trace.
+
+Spans come from the transitions a worker commits (`RunObserver` in worker.py): step-start
+opens a step span, step-result / step-suspended closes it, workflow-finish ends the pass.
+A step span is the current span while its step runs, so spans and log lines a step makes
+itself are its children.
+
+With `trace_exporter = none` nothing is recorded or exported, but trace ids are still made
+and propagated, so logs and results can be correlated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+    SpanExporter,
+)
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from .errors import LeaseLost
+from .model import Event, EventType, Snapshot
+from .settings import Settings
+
+_HEX = re.compile(r"[0-9a-fA-F]{1,32}")
+_forced_trace_id: ContextVar[int | None] = ContextVar("stepline_forced_trace_id", default=None)
+_propagator = TraceContextTextMapPropagator()
+
+TRACER_NAME = "stepline.server"
+
+
+class _IdGenerator(RandomIdGenerator):
+    """Random ids, except that a root span can be put into a chosen trace."""
+
+    def generate_trace_id(self) -> int:
+        return _forced_trace_id.get() or super().generate_trace_id()
+
+    def is_trace_id_random(self) -> bool:
+        return _forced_trace_id.get() is None
+
+
+@contextmanager
+def new_roots_in(trace_id: int | None) -> Iterator[None]:
+    """Root spans started inside the block belong to trace `trace_id` (None: a new one)."""
+    token = _forced_trace_id.set(trace_id)
+    try:
+        yield
+    finally:
+        _forced_trace_id.reset(token)
+
+
+def parse_trace_id(text: str) -> int | None:
+    """1 to 32 hex characters as a trace id; None when malformed or all zeros."""
+    if not _HEX.fullmatch(text):
+        return None
+    return int(text, 16) or None
+
+
+def run_trace_id(snapshot: Snapshot) -> int:
+    """The trace every span of the run belongs to."""
+    stored = parse_trace_id(snapshot.trace_id) if snapshot.trace_id else None
+    if stored is not None:
+        return stored
+    derived = int.from_bytes(hashlib.sha256(snapshot.run_id.encode()).digest()[:16], "big")
+    return derived or 1
+
+
+def format_trace_id(trace_id: int) -> str:
+    return format(trace_id, "032x")
+
+
+def extract(metadata: Sequence[tuple[str, str | bytes]]) -> otel_context.Context:
+    """The W3C trace context (`traceparent`, `tracestate`) a call's metadata carries."""
+    carrier = {key.lower(): value for key, value in metadata if isinstance(value, str)}
+    return _propagator.extract(carrier)
+
+
+def attribute(value: Any) -> str | bool | int | float:
+    """A JSON value as a span attribute: scalars as they are, the rest as JSON text."""
+    if isinstance(value, str | bool | int | float):
+        return value
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _ns(seconds: Any) -> int | None:
+    return int(float(seconds) * 1e9) if isinstance(seconds, int | float) else None
+
+
+class Tracing:
+    """The server's tracer provider and the tracer everything here uses."""
+
+    def __init__(self, provider: TracerProvider) -> None:
+        self.provider = provider
+        self.tracer = provider.get_tracer(TRACER_NAME)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, exporter: SpanExporter | None = None) -> Tracing:
+        """`exporter` (tests: an in-memory one) overrides `settings.trace_exporter`."""
+        resource = Resource.create({"service.name": settings.service_name})
+        recording = exporter is not None or settings.trace_exporter != "none"
+        provider = TracerProvider(
+            resource=resource,
+            id_generator=_IdGenerator(),
+            sampler=ParentBased(ALWAYS_ON) if recording else ALWAYS_OFF,
+        )
+        if exporter is not None:
+            provider.add_span_processor(SimpleSpanProcessor(exporter))
+        elif settings.trace_exporter == "console":
+            provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+        elif settings.trace_exporter == "otlp":
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+            otlp = OTLPSpanExporter(endpoint=settings.otlp_endpoint)
+            provider.add_span_processor(BatchSpanProcessor(otlp))
+        return cls(provider)
+
+    def observer(self) -> RunTracer:
+        return RunTracer(self)
+
+    def shutdown(self) -> None:
+        """Flush and stop the exporters."""
+        self.provider.shutdown()
+
+
+class RunTracer:
+    """`RunObserver` that turns committed transitions into run and step spans."""
+
+    def __init__(self, tracing: Tracing) -> None:
+        self._tracer = tracing.tracer
+
+    def pass_started(self, snapshot: Snapshot) -> _PassSpans:
+        return _PassSpans(self._tracer, snapshot)
+
+
+class _Attached:
+    """A span made current in one task, undone only in that task."""
+
+    def __init__(self, span: Span) -> None:
+        self.span = span
+        self._task = asyncio.current_task()
+        self._token = otel_context.attach(trace.set_span_in_context(span))
+
+    def detach(self) -> None:
+        if self._task is not None and asyncio.current_task() is self._task:
+            otel_context.detach(self._token)
+        self._task = None
+
+
+class _PassSpans:
+    def __init__(self, tracer: trace.Tracer, snapshot: Snapshot) -> None:
+        self._tracer = tracer
+        attributes: dict[str, str | bool | int | float] = {
+            "stepline.run_id": snapshot.run_id,
+            "stepline.workflow_id": snapshot.workflow_id,
+            "stepline.reason": "resume" if snapshot.pending_resume else "continue",
+        }
+        if snapshot.resource_id:
+            attributes["stepline.resource_id"] = snapshot.resource_id
+        for key, value in snapshot.trace_metadata.items():
+            if value is not None:
+                attributes[f"stepline.trace_metadata.{key}"] = attribute(value)
+        with new_roots_in(run_trace_id(snapshot)):
+            run = tracer.start_span(
+                f"run {snapshot.workflow_id}",
+                context=otel_context.Context(),  # a root: the trace id says which run
+                kind=SpanKind.INTERNAL,
+                attributes=attributes,
+            )
+        self._run: _Attached | None = _Attached(run)
+        self._steps: dict[str, _Attached] = {}
+
+    def committed(self, snapshot: Snapshot, events: Sequence[Event]) -> None:
+        for event in events:
+            self._event(event)
+
+    def _event(self, event: Event) -> None:
+        if self._run is None:
+            return
+        run, data = self._run.span, event.data
+        step_id = str(data.get("step_id", ""))
+        match event.type:
+            case EventType.WORKFLOW_START:
+                run.set_attribute("stepline.reason", str(data.get("reason", "")))
+            case EventType.STEP_START:
+                self._close_step(step_id, None)  # a loop's next iteration
+                self._steps[step_id] = _Attached(self._step_span(step_id, data))
+            case EventType.STEP_OUTPUT:
+                self._step_or_run(step_id).add_event("output", timestamp=_ns(event.timestamp))
+            case EventType.STEP_PROGRESS:
+                progress: dict[str, str | bool | int | float] = {
+                    key: attribute(data[key])
+                    for key in ("completed_count", "total_count", "current_index")
+                    if key in data
+                }
+                progress["iteration_status"] = str(data.get("iteration_status", ""))
+                self._step_or_run(step_id).add_event(
+                    "progress", attributes=progress, timestamp=_ns(event.timestamp)
+                )
+            case EventType.STEP_RESULT:
+                self._finish_step(step_id, data)
+            case EventType.STEP_SUSPENDED:
+                span = self._take_step(step_id, data)
+                span.set_attribute("stepline.step.status", "suspended")
+                labels = [str(label) for label in data.get("labels") or []]
+                span.add_event("suspended", attributes={"stepline.labels": labels})
+                span.end(end_time=_ns(data.get("suspended_at")))
+            case EventType.STEP_WAITING:
+                waiting = {"stepline.step_id": step_id, "wake_at": attribute(data.get("wake_at"))}
+                run.add_event("waiting", attributes=waiting)
+            case EventType.WORKFLOW_CANCELED:
+                run.add_event("canceled", timestamp=_ns(event.timestamp))
+            case EventType.WORKFLOW_FINISH:
+                status = str(data.get("status", ""))
+                run.set_attribute("stepline.status", status)
+                if status == "failed":
+                    error = data.get("error") or {}
+                    run.set_status(Status(StatusCode.ERROR, str(error.get("message", ""))))
+                self._end_run(None, end_time=_ns(event.timestamp))
+
+    def _step_span(self, step_id: str, data: Mapping[str, Any]) -> Span:
+        assert self._run is not None
+        attributes: dict[str, str | bool | int | float] = {"stepline.step_id": step_id}
+        if data.get("resume_payload") is not None:
+            attributes["stepline.step.resumed"] = True
+        # A nested workflow's step ("child.inner") is a child of the step running it.
+        parent = self._run
+        prefix = step_id
+        while "." in prefix:
+            prefix = prefix.rsplit(".", 1)[0]
+            if prefix in self._steps:
+                parent = self._steps[prefix]
+                break
+        return self._tracer.start_span(
+            f"step {step_id}",
+            context=trace.set_span_in_context(parent.span),
+            kind=SpanKind.INTERNAL,
+            attributes=attributes,
+            start_time=_ns(data.get("started_at")),
+        )
+
+    def _step_or_run(self, step_id: str) -> Span:
+        attached = self._steps.get(step_id) or self._run
+        assert attached is not None
+        return attached.span
+
+    def _take_step(self, step_id: str, data: Mapping[str, Any]) -> Span:
+        """The open span of the step; a new one if it started in an earlier pass (a sleep)."""
+        attached = self._steps.pop(step_id, None)
+        if attached is None:
+            return self._step_span(step_id, data)
+        attached.detach()
+        return attached.span
+
+    def _finish_step(self, step_id: str, data: Mapping[str, Any]) -> None:
+        span = self._take_step(step_id, data)
+        status = str(data.get("status", ""))
+        span.set_attribute("stepline.step.status", status)
+        span.set_attribute("stepline.step.attempts", int(data.get("attempts") or 0))
+        if status == "failed":
+            error = data.get("error") or {}
+            span.set_status(Status(StatusCode.ERROR, str(error.get("message", ""))))
+            span.set_attribute("stepline.error.name", str(error.get("name", "")))
+        elif status == "success":
+            span.set_status(Status(StatusCode.OK))
+        span.end(end_time=_ns(data.get("ended_at")))
+
+    def _close_step(self, step_id: str, why: str | None) -> None:
+        attached = self._steps.pop(step_id, None)
+        if attached is None:
+            return
+        attached.detach()
+        if why is not None:
+            attached.span.set_status(Status(StatusCode.ERROR, why))
+        attached.span.end()
+
+    def _end_run(self, why: str | None, *, end_time: int | None = None) -> None:
+        for step_id in list(self._steps):
+            self._close_step(step_id, why or "the pass ended before the step did")
+        if self._run is not None:
+            self._run.detach()
+            if why is not None:
+                self._run.span.set_status(Status(StatusCode.ERROR, why))
+            self._run.span.end(end_time=end_time)
+            self._run = None
+
+    def ended(self, snapshot: Snapshot, error: BaseException | None) -> None:
+        if self._run is not None:
+            self._run.span.set_attribute("stepline.status", snapshot.status.value)
+        self._end_run(_interruption(error))
+
+
+def _interruption(error: BaseException | None) -> str | None:
+    if error is None:
+        return None
+    if isinstance(error, asyncio.CancelledError):
+        return "handed back (the replica stopped)"
+    if isinstance(error, LeaseLost):
+        return "lease lost to another replica"
+    return f"interrupted by {type(error).__name__}"
