@@ -116,3 +116,5 @@ squares = (
     .commit()
 )
 nested = Workflow("nested", input=Num, output=Num).then(chain).then(triple).commit()
+# Long enough that the run is handed to a durable timer and woken by a second pass.
+napping = Workflow("napping", input=Num, output=Num).sleep(1.2).then(add_one).commit()

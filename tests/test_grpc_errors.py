@@ -30,7 +30,6 @@ from stepline.client import (
     SteplineError,
     StepNotSuspended,
     StepStatus,
-    Unimplemented,
     WorkflowNotFound,
 )
 from stepline.v1 import run_pb2
@@ -373,13 +372,15 @@ async def test_resume_data_failing_its_schema(client: Client) -> None:
 # -- UNIMPLEMENTED -------------------------------------------------------------------------------
 
 
-async def test_restart_is_unimplemented(client: Client) -> None:
+async def test_restart_of_finished_and_inactive_runs(client: Client) -> None:
     run = await client.start("sequence", {"value": 1})
-    with pytest.raises(Unimplemented) as info:
-        await client.restart(run.run_id)
-    assert info.value.code is grpc.StatusCode.UNIMPLEMENTED
-    assert info.value.reason == "UNIMPLEMENTED"
-    assert await client.get_result(run.run_id) == run  # nothing changed
+    assert await client.restart(run.run_id) == run  # returned as stored, not executed
+    parked = await client.start("approval", {})
+    with pytest.raises(FailedPrecondition) as info:
+        await client.restart(parked.run_id)
+    assert info.value.code is grpc.StatusCode.FAILED_PRECONDITION
+    assert info.value.reason == "RUN_NOT_ACTIVE"
+    assert await client.get_result(parked.run_id) == parked  # nothing changed
 
 
 async def test_time_travel_refusal_carries_precondition_details(client: Client, stub: Stub) -> None:

@@ -252,3 +252,11 @@ async def test_a_key_that_does_not_match_the_certificate_is_refused(certs: Certs
     with pytest.raises(ConfigError, match="not a matching PEM certificate and key"):
         async with running(tls_cert=certs.server_cert, tls_key=certs.client_key):
             pass
+
+
+async def test_tokens_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STEPLINE_AUTH_TOKENS", "first-token-1, second-token-2")
+    async with running() as server:
+        for token in ("first-token-1", "second-token-2"):
+            assert await _works(server.target, None, token=token)
+        assert not await _works(server.target, None, token="third-token-3")

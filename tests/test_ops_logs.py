@@ -1,4 +1,5 @@
-"""Structured logs that name their run, redaction of tokens, and start-up settings errors."""
+"""Structured logs that name their run, redaction of tokens, and settings: errors at start-up,
+and limits that take effect."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from typing import Any
 
 import pytest
 
-from stepline.client import Client, RunStatus
+from stepline.client import Client, ResourceExhausted, RunStatus
 from stepline.server import cli, logs
+from stepline.server.app import server_options
+from stepline.server.settings import Settings
 from tests.ops_support import BOUND, eventually, running
 
 pytestmark = pytest.mark.timeout(60)
@@ -102,7 +105,7 @@ def test_console_format_names_the_run() -> None:
         ([], {"STEPLINE_KEEPALIVE_TIME": "soon"}, "--keepalive-time / STEPLINE_KEEPALIVE_TIME"),
         ([], {"STEPLINE_LOG_LEVEL": "chatty"}, "--log-level / STEPLINE_LOG_LEVEL"),
         (["--tls-key", "/etc/hostname"], {}, "tls_cert and tls_key go together"),
-        (["--auth-token", "has space " + TOKEN], {}, "--auth-token"),
+        (["--auth-token", "has space " + TOKEN], {}, "--auth-token / STEPLINE_AUTH_TOKENS: a"),
     ],
 )
 def test_bad_settings_stop_serve_with_a_clear_error(
@@ -125,3 +128,34 @@ def _serve_status(argv: list[str]) -> int:
         return cli.main(["serve", *argv])
     except SystemExit as exit:  # argparse rejects a bad choice itself
         return int(str(exit.code))
+
+
+def test_server_options_follow_the_settings() -> None:
+    settings = Settings(
+        max_message_bytes=2048,
+        max_concurrent_streams=7,
+        keepalive_time=12,
+        keepalive_timeout=3.5,
+        keepalive_min_ping_interval=1,
+        max_connection_age=60,
+        max_connection_age_grace=5,
+    )
+    assert dict(server_options(settings)) == {
+        "grpc.max_receive_message_length": 2048,
+        "grpc.max_send_message_length": 2048,
+        "grpc.max_concurrent_streams": 7,
+        "grpc.keepalive_time_ms": 12_000,
+        "grpc.keepalive_timeout_ms": 3_500,
+        "grpc.keepalive_permit_without_calls": 1,
+        "grpc.http2.max_pings_without_data": 0,
+        "grpc.http2.min_ping_interval_without_data_ms": 1_000,
+        "grpc.max_connection_age_ms": 60_000,
+        "grpc.max_connection_age_grace_ms": 5_000,
+    }
+
+
+async def test_a_message_over_the_limit_is_resource_exhausted() -> None:
+    async with running(max_message_bytes=1024) as server, await Client.connect(server.target) as c:
+        with pytest.raises(ResourceExhausted):
+            await c.start("chain", {"value": 1, "padding": "x" * 2000}, timeout=BOUND)
+        assert (await c.start("chain", {"value": 1}, timeout=BOUND)).status is RunStatus.SUCCESS

@@ -220,3 +220,21 @@ async def test_a_nested_workflows_steps_are_children_of_the_step_running_it(
     for name in ("step chain.add_one", "step chain.double"):
         (inner,) = _named(spans, name)
         assert inner.parent is not None and inner.parent.span_id == _id(chain)
+
+
+async def test_a_pass_woken_by_a_timer_is_traced_in_the_same_trace(
+    client: Client, exporter: InMemorySpanExporter
+) -> None:
+    result = await client.start("napping", {"value": 1}, trace_id="5eed", timeout=BOUND)
+    assert result.status is RunStatus.SUCCESS
+    spans = await _spans(exporter, "step add_one")
+    passes = _named(spans, "run napping")
+    assert [_attr(span, "stepline.reason") for span in passes] == ["start", "wake"]
+    assert [_attr(span, "stepline.status") for span in passes] == ["waiting", "success"]
+    assert {_trace(span) for span in spans if span.name != "stepline.v1.WorkflowService/Start"} == {
+        "0" * 28 + "5eed"
+    }
+    (nap,) = [span for span in spans if span.name.startswith("step sleep_")]
+    assert nap.parent is not None and nap.parent.span_id == _id(passes[1])
+    assert nap.end_time is not None and nap.start_time is not None
+    assert nap.end_time - nap.start_time >= 1.0e9  # the whole sleep, across both passes

@@ -812,7 +812,7 @@ async def test_a_runs_keys_share_one_hash_slot(redis_url: str) -> None:
     try:
         fence = await held(store, "a:{b}")
         await store.write(snapshot("a:{b}", status=RUNNING), events("x"), fence=fence)
-        expected = {keys.run("a:{b}"), keys.events("a:{b}"), keys.queue}
+        expected = {keys.run("a:{b}"), keys.events("a:{b}"), keys.queue, keys.watchdog}
         assert expected | set(keys.indexes("wf", "")) == set(await admin.keys("stepline:*"))
         assert set(await admin.hkeys(keys.run("a:{b}"))) == set(RUN_HASH_FIELDS)
         entries = await admin.xrange(keys.events("a:{b}")) or []

@@ -256,6 +256,9 @@ class Server:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._probe_task
         await self.health.enter_graceful_shutdown()
+        # Open waits and streams end with UNAVAILABLE now, so their callers reconnect to
+        # another replica from their last event while in-flight runs finish or are handed back.
+        self.service.drain()
         await self.worker.stop(grace)
         await self.grpc.stop(grace=min(grace, 1.0))
         await self.store.close()

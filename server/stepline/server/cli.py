@@ -29,6 +29,8 @@ log = logging.getLogger("stepline")
 
 # Flags whose values must not be echoed back in error messages.
 _SECRET_FIELDS = frozenset({"auth_tokens"})
+# Settings fields whose flag is not simply the field name with dashes.
+_FLAGS = {"auth_tokens": "auth-token"}
 
 
 def _serve_parser(sub: Any) -> None:
@@ -143,7 +145,8 @@ def describe(error: ValidationError) -> str:
             lines.append(f"  {message}")
             continue
         name = str(loc[0])
-        where = f"--{name.replace('_', '-')} / STEPLINE_{name.upper()}"
+        flag = _FLAGS.get(name, name.replace("_", "-"))
+        where = f"--{flag} / STEPLINE_{name.upper()}"
         value = problem.get("input")
         shown = (
             f" (got {value!r})"

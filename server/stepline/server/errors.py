@@ -136,6 +136,15 @@ class PermissionDenied(SteplineError):
         )
 
 
+class ShuttingDown(SteplineError):
+    """This replica is draining; the caller should retry (or reconnect) on another one."""
+
+    reason = "SHUTTING_DOWN"
+
+    def __init__(self) -> None:
+        super().__init__("this server is shutting down; retry on another replica")
+
+
 class StoreUnavailable(SteplineError):
     """The backing store cannot be reached; nothing was written."""
 

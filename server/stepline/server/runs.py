@@ -22,8 +22,8 @@ from .errors import (
     ResumeAlreadyClaimed,
     RunAlreadyExists,
     RunNotFound,
+    ShuttingDown,
     StoreConflict,
-    Unimplemented,
     WorkflowNotFound,
 )
 from .model import Event, EventType, PendingResume, RunStatus, Snapshot, StepRecord, StepStatus, now
@@ -115,6 +115,26 @@ class RunService:
         self.store = store
         self.registry = registry
         self.cancel_wait = cancel_wait
+        # Resolved by drain(): every wait and watch then ends with ShuttingDown.
+        self._draining: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def drain(self) -> None:
+        """End every wait and watch in progress (and refuse new ones) with ShuttingDown, so
+        their callers reconnect to another replica. Runs themselves are not touched."""
+        if not self._draining.done():
+            self._draining.set_result(None)
+
+    async def _next_events(self, run_id: str, cursor: int, block: float) -> list[Event]:
+        """A blocking read of the log that a drain interrupts."""
+        if self._draining.done():
+            raise ShuttingDown
+        read = asyncio.ensure_future(self.store.wait_events(run_id, cursor, block))
+        waiters: set[asyncio.Future[Any]] = {read, self._draining}
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        if not read.done():
+            read.cancel()
+            raise ShuttingDown
+        return read.result()
 
     # -- workflows -------------------------------------------------------------------------
     def list_workflows(self) -> list[Workflow]:
@@ -187,7 +207,7 @@ class RunService:
             block = _TAIL_BLOCK if deadline is None else min(_TAIL_BLOCK, deadline - loop.time())
             if block <= 0:
                 break
-            events = await self.store.wait_events(run_id, cursor, block)
+            events = await self._next_events(run_id, cursor, block)
             if any(e.is_finish for e in events):
                 break
             if events:
@@ -290,7 +310,7 @@ class RunService:
         while True:
             if stored.snapshot.status.finished and stored.last_sequence <= cursor:
                 return  # a reconnect after the final event: nothing more will come
-            events = await self.store.wait_events(run_id, cursor, _TAIL_BLOCK)
+            events = await self._next_events(run_id, cursor, _TAIL_BLOCK)
             if not events:
                 stored = await self.get(run_id)  # deleted meanwhile -> RunNotFound
                 continue
@@ -314,7 +334,26 @@ class RunService:
             raise RunNotFound(run_id)
 
     async def restart(self, run_id: str) -> StoredRun:
-        raise Unimplemented("Restart is not implemented yet")
+        """Re-drive a RUNNING/WAITING run that no live replica holds, from its recorded steps,
+        and wait until it settles. A SUCCESS/FAILED run is returned as stored, untouched.
+        Raises RunNotFound, FailedPrecondition (held by a live replica; pending, suspended or
+        canceled)."""
+        stored = await self.get(run_id)
+        snap = stored.snapshot
+        if snap.status in (RunStatus.SUCCESS, RunStatus.FAILED):
+            return stored
+        if not snap.status.active:
+            raise _precondition(
+                snap,
+                "RUN_NOT_ACTIVE",
+                f"run {run_id!r} is {snap.status}; only a running or waiting run can be restarted",
+            )
+        if stored.leased:
+            raise _precondition(
+                snap, "RUN_HELD", f"run {run_id!r} is held by a live replica; it is not orphaned"
+            )
+        await self.store.enqueue(run_id)
+        return await self.wait(run_id, after_sequence=stored.last_sequence)
 
     async def time_travel(self, params: TimeTravelParams) -> Resumed:
         """Re-execute a settled run from a step, keeping the run id and continuing its event

@@ -23,7 +23,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import re
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -45,7 +47,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from .errors import LeaseLost
-from .model import Event, EventType, Snapshot
+from .model import Event, EventType, RunStatus, Snapshot
 from .settings import Settings
 
 _HEX = re.compile(r"[0-9a-fA-F]{1,32}")
@@ -53,6 +55,7 @@ _forced_trace_id: ContextVar[int | None] = ContextVar("stepline_forced_trace_id"
 _propagator = TraceContextTextMapPropagator()
 
 TRACER_NAME = "stepline.server"
+log = logging.getLogger(__name__)
 
 
 class _IdGenerator(RandomIdGenerator):
@@ -128,6 +131,7 @@ class Tracing:
             resource=resource,
             id_generator=_IdGenerator(),
             sampler=ParentBased(ALWAYS_ON) if recording else ALWAYS_OFF,
+            shutdown_on_exit=False,  # Server.stop flushes, within a bound
         )
         if exporter is not None:
             provider.add_span_processor(SimpleSpanProcessor(exporter))
@@ -143,9 +147,14 @@ class Tracing:
     def observer(self) -> RunTracer:
         return RunTracer(self)
 
-    def shutdown(self) -> None:
-        """Flush and stop the exporters."""
-        self.provider.shutdown()
+    def shutdown(self, timeout: float = 3.0) -> None:
+        """Flush and stop the exporters, waiting at most `timeout` seconds: an unreachable
+        collector must not hold up a replica's shutdown (the rest of the spans are lost)."""
+        flushing = threading.Thread(target=self.provider.shutdown, daemon=True)
+        flushing.start()
+        flushing.join(timeout)
+        if flushing.is_alive():
+            log.warning("spans not exported within %.0f s of shutdown were dropped", timeout)
 
 
 class RunTracer:
@@ -178,7 +187,7 @@ class _PassSpans:
         attributes: dict[str, str | bool | int | float] = {
             "stepline.run_id": snapshot.run_id,
             "stepline.workflow_id": snapshot.workflow_id,
-            "stepline.reason": "resume" if snapshot.pending_resume else "continue",
+            "stepline.reason": _reason(snapshot),
         }
         if snapshot.resource_id:
             attributes["stepline.resource_id"] = snapshot.resource_id
@@ -313,6 +322,18 @@ class _PassSpans:
         if self._run is not None:
             self._run.span.set_attribute("stepline.status", snapshot.status.value)
         self._end_run(_interruption(error))
+
+
+def _reason(snapshot: Snapshot) -> str:
+    """Why a pass runs, for passes whose workflow-start was written by a claim (resume, time
+    travel) or that have none (a timer woke the run); a workflow-start event overrides it."""
+    if snapshot.pending_resume is not None:
+        return "resume"
+    if snapshot.pass_announced:
+        return "time_travel"
+    if snapshot.status is RunStatus.WAITING:
+        return "wake"
+    return "continue"
 
 
 def _interruption(error: BaseException | None) -> str | None:

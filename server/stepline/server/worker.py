@@ -22,6 +22,7 @@ from .errors import LeaseLost, RunNotFound, StoreUnavailable
 from .executor import Execution, serialize_error
 from .model import Event, EventType, RunStatus, Snapshot, now
 from .store import Lease, Store, WorkItem
+from .store.base import CLAIM_GRACE
 from .workflows import Registry
 
 log = logging.getLogger(__name__)
@@ -139,6 +140,7 @@ class Worker:
             asyncio.create_task(self._consume(), name="stepline-consume"),
             asyncio.create_task(self._listen_cancels(), name="stepline-cancels"),
             asyncio.create_task(self._fire_timers(), name="stepline-timers"),
+            asyncio.create_task(self._recover(), name="stepline-recovery"),
         ]
 
     async def stop(self, grace: float = 10.0) -> None:
@@ -200,6 +202,20 @@ class Worker:
             self._timer_set.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._timer_set.wait(), delay)
+
+    async def _recover(self) -> None:
+        """Queue runs that nothing holds any more (a replica died or stalled past its lease,
+        or a claim's queue entry was lost). Runs at start-up and then continuously, on every
+        replica; any replica may then take them."""
+        interval = min(1.0, self.lease_ttl / 2)
+        while not self._stopping.is_set():
+            try:
+                orphans = await self.store.recover(now(), grace=CLAIM_GRACE)
+            except StoreUnavailable:
+                orphans = []
+            for run_id in orphans:
+                log.warning("recovering run %s: nothing held it past its deadline", run_id)
+            await asyncio.sleep(interval)
 
     # -- one run ---------------------------------------------------------------------------
     async def _run(self, item: WorkItem) -> None:

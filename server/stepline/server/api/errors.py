@@ -30,6 +30,7 @@ from ..errors import (
     ResumeAlreadyClaimed,
     RunAlreadyExists,
     RunNotFound,
+    ShuttingDown,
     SteplineError,
     StoreUnavailable,
     Unauthenticated,
@@ -61,6 +62,7 @@ CODES: dict[type[SteplineError], grpc.StatusCode] = {
     CursorExpired: grpc.StatusCode.OUT_OF_RANGE,
     Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
     StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
+    ShuttingDown: grpc.StatusCode.UNAVAILABLE,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
 }

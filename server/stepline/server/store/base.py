@@ -20,6 +20,10 @@ from typing import Protocol
 
 from ..model import Event, RunStatus, Snapshot
 
+# How long a queued (or claimed) run may wait for a worker before `recover` queues it again.
+# A queue entry is only lost in a crash, so this is long: a backlog just waits.
+CLAIM_GRACE = 30.0
+
 
 @dataclass(frozen=True)
 class StoredRun:
@@ -155,6 +159,16 @@ class Store(Protocol):
         """Queue every run whose timer is due (at most `limit`) and drop those timers.
         Returns the earliest remaining wake-up time, or None. Safe to call from every replica
         at once (a run may be queued twice; acquiring it is what counts)."""
+        ...
+
+    async def recover(self, now: float, *, grace: float, limit: int = 100) -> list[str]:
+        """Queue again every run that should be moving but that nothing holds: an expired
+        lease (its replica died or stalled), or a start or resume claim whose queue entry was
+        lost. Returns their ids. Every replica runs this continuously; running it twice at
+        once only queues a run twice (acquiring it is what counts).
+
+        The store keeps the bookkeeping itself (a watchdog deadline per unsettled run), so
+        this costs one read when nothing is wrong."""
         ...
 
     async def dequeue(self, consumer: str, count: int, block: float) -> list[WorkItem]:

@@ -34,6 +34,9 @@ class Keys:
         self.index_all = f"{prefix}:idx:all"
         # Durable timers of WAITING runs: run id scored by its wake-up time.
         self.timers = f"{prefix}:timers"
+        # Unsettled runs scored by when something must have happened to them (lease expiry,
+        # or a claim's grace); `recover` re-queues the ones nothing holds past that time.
+        self.watchdog = f"{prefix}:watchdog"
 
     def run(self, run_id: str) -> str:
         """The run's hash: snapshot JSON plus version, sequence, lease and cancel fields."""

@@ -18,6 +18,7 @@ from typing import TypeVar
 from ..errors import LeaseLost, RunNotFound, StoreConflict
 from ..model import Event, RunStatus, Snapshot
 from .base import (
+    CLAIM_GRACE,
     CreateOutcome,
     Lease,
     Page,
@@ -86,6 +87,9 @@ class MemoryStore:
         self._tokens = itertools.count(1)
         self._cancel_listeners: set[asyncio.Queue[str]] = set()
         self._timers: dict[str, float] = {}
+        # In one process nothing is orphaned by a crash, but a hand-back at shutdown or a
+        # stalled holder is, so the memory store keeps the same watchdog as Redis.
+        self._watchdog: dict[str, float] = {}
 
     @property
     def durable(self) -> bool:
@@ -105,6 +109,7 @@ class MemoryStore:
         )
         self._runs[snapshot.run_id] = run
         self._enqueue(snapshot.run_id)
+        self._watchdog[snapshot.run_id] = now + CLAIM_GRACE
         return CreateOutcome(created=True, run=run.stored(now))
 
     async def get(self, run_id: str) -> StoredRun | None:
@@ -155,6 +160,8 @@ class MemoryStore:
             run.cancel = False
         if wake_at is not None:
             self._timers[snapshot.run_id] = wake_at
+        if not snapshot.status.settled and (expected_version is not None or release):
+            self._watchdog[snapshot.run_id] = (wake_at or time.time()) + CLAIM_GRACE
         outcome = WriteOutcome(
             version=run.version, last_sequence=len(run.events), cancel_requested=cancel_requested
         )
@@ -172,6 +179,7 @@ class MemoryStore:
         run.fence += 1
         run.lease_owner = owner
         run.lease_until = now + ttl
+        self._watchdog[run_id] = run.lease_until
         return Lease(run_id=run_id, fence=run.fence, run=run.stored(now))
 
     async def renew(self, run_id: str, fence: int, ttl: float) -> bool:
@@ -179,6 +187,7 @@ class MemoryStore:
         if run is None or run.fence != fence or not run.lease_owner:
             return False
         run.lease_until = time.time() + ttl
+        self._watchdog[run_id] = run.lease_until
         return True
 
     async def release(self, run_id: str, fence: int) -> None:
@@ -214,6 +223,24 @@ class MemoryStore:
             del self._timers[run_id]
             self._enqueue(run_id)
         return min(self._timers.values(), default=None)
+
+    async def recover(self, now: float, *, grace: float, limit: int = 100) -> list[str]:
+        orphans: list[str] = []
+        for run_id, deadline in sorted(self._watchdog.items(), key=lambda kv: kv[1])[:limit]:
+            if deadline > now:
+                break
+            run = self._runs.get(run_id)
+            if run is None or run.snapshot.status.settled:
+                del self._watchdog[run_id]
+            elif run.leased(now):
+                self._watchdog[run_id] = run.lease_until
+            elif self._timers.get(run_id, now) > now:
+                self._watchdog[run_id] = self._timers[run_id] + grace
+            else:
+                orphans.append(run_id)
+                self._enqueue(run_id)
+                self._watchdog[run_id] = now + grace
+        return orphans
 
     async def dequeue(self, consumer: str, count: int, block: float) -> list[WorkItem]:
         """Take up to `count` items; wait up to `block` seconds (0: not at all) for the first."""
@@ -280,6 +307,7 @@ class MemoryStore:
 
     async def delete(self, run_id: str) -> bool:
         self._timers.pop(run_id, None)
+        self._watchdog.pop(run_id, None)
         return self._runs.pop(run_id, None) is not None
 
     async def close(self) -> None:

@@ -30,6 +30,7 @@ from ..errors import LeaseLost, RunNotFound, StoreConflict, StoreUnavailable
 from ..model import Event, RunStatus, Snapshot
 from . import scripts
 from .base import (
+    CLAIM_GRACE,
     CreateOutcome,
     Lease,
     Page,
@@ -47,6 +48,7 @@ __all__ = ["RedisStore"]
 
 _ROW_FIELDS = ("workflow_id", "resource_id", "status", "created_at", "updated_at")
 _DEFAULT_GRACE = 5.0
+
 # A retried script whose reply was lost would apply its write twice.
 _NO_RETRY = Retry(NoBackoff(), 0)
 
@@ -133,6 +135,8 @@ class RedisStore:
         ]
         now = time.time()
         with _reachable():
+            # Watched before it exists: a crash before it is queued still gets it queued.
+            await self._redis.zadd(self._keys.watchdog, {run_id: now + CLAIM_GRACE})
             reply = await self._create(keys=self._run_keys(run_id), args=args)
             created = reply[0] == 1
             if created:
@@ -186,6 +190,10 @@ class RedisStore:
         with _reachable():
             if wake_at is not None:
                 await self._redis.zadd(self._keys.timers, {run_id: wake_at})
+            if not snapshot.status.settled and (expected_version is not None or release):
+                # Nothing will hold the run after this write: watch it until something does.
+                deadline = (wake_at or time.time()) + CLAIM_GRACE
+                await self._redis.zadd(self._keys.watchdog, {run_id: deadline})
             reply = await self._write(keys=self._run_keys(run_id), args=args)
         match reply[0]:
             case "ok":
@@ -209,14 +217,20 @@ class RedisStore:
         args = [owner, repr(now), repr(now + ttl)]
         with _reachable():
             reply = await self._acquire(keys=[self._keys.run(run_id)], args=args)
+            if reply[0] != 0:
+                await self._redis.zadd(self._keys.watchdog, {run_id: now + ttl})
         if reply[0] == 0:
             return None
         return Lease(run_id=run_id, fence=int(reply[0]), run=_stored(reply[1:], now))
 
     async def renew(self, run_id: str, fence: int, ttl: float) -> bool:
-        args = [str(fence), repr(time.time() + ttl)]
+        until = time.time() + ttl
         with _reachable():
-            renewed = await self._renew(keys=[self._keys.run(run_id)], args=args)
+            renewed = await self._renew(
+                keys=[self._keys.run(run_id)], args=[str(fence), repr(until)]
+            )
+            if renewed == 1:
+                await self._redis.zadd(self._keys.watchdog, {run_id: until})
         return bool(renewed == 1)
 
     async def release(self, run_id: str, fence: int) -> None:
@@ -262,6 +276,34 @@ class RedisStore:
                 await self._drop_fired(keys=[self._keys.timers], args=[repr(now), *due])
             upcoming = await self._redis.zrange(self._keys.timers, 0, 0, withscores=True)
         return float(upcoming[0][1]) if upcoming else None
+
+    async def recover(self, now: float, *, grace: float, limit: int = 100) -> list[str]:
+        with _reachable():
+            found = await self._redis.zrangebyscore(self._keys.watchdog, "-inf", now, 0, limit)
+            due = [str(run_id) for run_id in found]
+            if not due:
+                return []
+            pipe = self._redis.pipeline(transaction=False)
+            for run_id in due:
+                pipe.hmget(self._keys.run(run_id), ["status", "lease_owner", "lease_until"])
+                pipe.zscore(self._keys.timers, run_id)
+            replies = await pipe.execute()
+            orphans: list[str] = []
+            pipe = self._redis.pipeline(transaction=False)
+            for i, run_id in enumerate(due):
+                (status, owner, until), timer = replies[2 * i], replies[2 * i + 1]
+                if status is None or RunStatus(status).settled:
+                    pipe.zrem(self._keys.watchdog, run_id)
+                elif owner and float(until) >= now:
+                    pipe.zadd(self._keys.watchdog, {run_id: float(until)})
+                elif timer is not None and float(timer) > now:
+                    pipe.zadd(self._keys.watchdog, {run_id: float(timer) + grace})
+                else:
+                    orphans.append(run_id)
+                    pipe.xadd(self._keys.queue, {"run_id": run_id})
+                    pipe.zadd(self._keys.watchdog, {run_id: now + grace})
+            await pipe.execute()
+        return orphans
 
     async def dequeue(self, consumer: str, count: int, block: float) -> list[WorkItem]:
         """XREADGROUP of new entries; `block` <= 0 reads without waiting."""
@@ -394,6 +436,7 @@ class RedisStore:
             for index in self._keys.indexes(str(reply[1]), str(reply[2])):
                 pipe.zrem(index, run_id)
             pipe.zrem(self._keys.timers, run_id)
+            pipe.zrem(self._keys.watchdog, run_id)
             await pipe.execute()
         return True
 

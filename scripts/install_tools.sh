@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs the pinned code-generation tools into .cache/tools (never system-wide):
+#   buf (npm)                      .cache/tools/node_modules/.bin/buf
+#   protoc-gen-go, protoc-gen-go-grpc (go install)   .cache/tools/bin/
+#   protoc-gen-es                  client/typescript/node_modules/.bin/ (a devDependency
+#                                  pinned by client/typescript/package-lock.json, so the
+#                                  generator and the runtime it targets are the same version)
+# Python's generator (grpcio-tools, mypy-protobuf) is pinned in pyproject.toml's dev extra.
+# Safe to run again: each tool is reinstalled only when its pinned version changes.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+tools="$root/.cache/tools"
+
+BUF_VERSION=1.75.0
+PROTOC_GEN_GO_VERSION=v1.36.11
+PROTOC_GEN_GO_GRPC_VERSION=v1.6.2
+
+mkdir -p "$tools/bin"
+
+# stamp NAME VERSION: true when NAME was installed at VERSION by an earlier run.
+stamp() { [ -f "$tools/$1.version" ] && [ "$(cat "$tools/$1.version")" = "$2" ]; }
+
+if ! stamp buf "$BUF_VERSION" || [ ! -x "$tools/node_modules/.bin/buf" ]; then
+  npm install --silent --no-audit --no-fund --prefix "$tools" "@bufbuild/buf@$BUF_VERSION" >/dev/null
+  echo "$BUF_VERSION" >"$tools/buf.version"
+fi
+
+if ! stamp protoc-gen-go "$PROTOC_GEN_GO_VERSION" || [ ! -x "$tools/bin/protoc-gen-go" ]; then
+  GOBIN="$tools/bin" go install "google.golang.org/protobuf/cmd/protoc-gen-go@$PROTOC_GEN_GO_VERSION"
+  echo "$PROTOC_GEN_GO_VERSION" >"$tools/protoc-gen-go.version"
+fi
+
+if ! stamp protoc-gen-go-grpc "$PROTOC_GEN_GO_GRPC_VERSION" || [ ! -x "$tools/bin/protoc-gen-go-grpc" ]; then
+  GOBIN="$tools/bin" go install \
+    "google.golang.org/grpc/cmd/protoc-gen-go-grpc@$PROTOC_GEN_GO_GRPC_VERSION"
+  echo "$PROTOC_GEN_GO_GRPC_VERSION" >"$tools/protoc-gen-go-grpc.version"
+fi
+
+# The TypeScript package's dependencies, protoc-gen-es and tsc among them, exactly as locked.
+ts="$root/client/typescript"
+if [ ! -f "$ts/node_modules/.package-lock.json" ] || [ "$ts/package-lock.json" -nt "$ts/node_modules/.package-lock.json" ]; then
+  npm ci --silent --no-audit --no-fund --prefix "$ts" >/dev/null
+fi

@@ -1,0 +1,318 @@
+"""The `stepline` client commands, run as subprocesses against `stepline serve` subprocesses
+(loopback, free ports; servers stopped by pid)."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stepline.client import EventType, RunEvent, RunStatus, WorkflowInfo
+from stepline.client.cli import UNICODE, EventPrinter, draw_graph
+from tests.ops_support import BOUND, REPO_ROOT, Serving, environment, serve, stepline_command
+
+pytestmark = pytest.mark.timeout(90)
+
+TOKEN = "cli-test-token-5f1e"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serving]:
+    started = serve(tmp_path_factory.mktemp("cli"), "--log-format", "json")
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+def stepline(*args: str, target: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run a client command; UTF-8 output unless the test says otherwise."""
+    return subprocess.run(
+        [*stepline_command(), *args],
+        cwd=REPO_ROOT,
+        env=environment(**{"STEPLINE_TARGET": target, "PYTHONIOENCODING": "utf-8", **env}),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=BOUND * 2,
+        check=False,
+    )
+
+
+def lines(done: subprocess.CompletedProcess[str]) -> list[str]:
+    return done.stdout.splitlines()
+
+
+def test_workflows_list_and_show(server: Serving) -> None:
+    listed = stepline("workflows", "list", target=server.target)
+    assert listed.returncode == 0, listed.stderr
+    assert lines(listed)[0].split() == ["WORKFLOW", "STEPS", "DESCRIPTION"]
+    assert any(line.split()[:2] == ["fork", "3"] for line in lines(listed))
+
+    shown = stepline("workflows", "show", "fork", target=server.target)
+    assert shown.returncode == 0, shown.stderr
+    assert lines(shown) == [
+        "fork: Double and triple, then add.",
+        "├── parallel",
+        "│   ├── double",
+        "│   └── triple",
+        "└── total",
+        "input: {value: integer}",
+    ]
+    # Where the output can't carry box-drawing characters, the tree is drawn in ASCII.
+    ascii = stepline("workflows", "show", "squares", target=server.target, PYTHONIOENCODING="ascii")
+    assert lines(ascii)[1:] == [
+        "|-- explode_list",
+        "`-- foreach (concurrency 2)",
+        "    `-- slow_square",
+        "input: {values: array}",
+    ]
+
+    as_json = json.loads(
+        stepline("workflows", "show", "fork", "--json", target=server.target).stdout
+    )
+    assert as_json["id"] == "fork"
+    assert [entry["type"] for entry in as_json["graph"]] == ["parallel", "step"]
+    assert [step["id"] for step in as_json["steps"]] == ["double", "triple", "total"]
+
+
+def test_run_follows_the_steps_and_prints_the_result(server: Serving) -> None:
+    done = stepline("run", "chain", "--input", '{"value": 1}', target=server.target)
+    assert done.returncode == 0, done.stderr
+    out = lines(done)
+    assert out[0].startswith("run ") and out[0].endswith(" started (workflow chain)")
+    assert out[1:] == [
+        "  ▸ add_one started",
+        out[2],
+        "  ▸ double started",
+        '    ↳ double: {"doubling": 2}',
+        out[5],
+        "✔ success",
+        "{",
+        '  "value": 4',
+        "}",
+    ]
+    for finished, step in ((out[2], "add_one"), (out[5], "double")):
+        assert finished.startswith(f"  ✔ {step} (") and finished.endswith(" ms)")
+
+
+def test_a_failed_run_exits_non_zero(server: Serving) -> None:
+    done = stepline("run", "broken", "--input", '{"value": 1}', target=server.target)
+    assert done.returncode == 1
+    assert "  ✘ explode failed: NonRetryableError: cannot handle 2" in lines(done)
+    assert lines(done)[-1] == "✘ failed: NonRetryableError: cannot handle 2"
+
+    as_json = stepline("run", "broken", "--input", '{"value": 1}', "--json", target=server.target)
+    assert as_json.returncode == 1
+    result = json.loads(as_json.stdout)
+    assert result["status"] == "failed"
+    assert result["error"] == {
+        "message": "cannot handle 2",
+        "name": "NonRetryableError",
+        "details": None,
+    }
+
+
+def test_foreach_progress(server: Serving) -> None:
+    done = stepline("run", "squares", "--input", '{"values": [1, 2, 3]}', target=server.target)
+    assert done.returncode == 0, done.stderr
+    progress = [line.split("(")[0].strip() for line in lines(done) if "/3" in line]
+    assert progress == ["slow_square 1/3", "slow_square 2/3", "slow_square 3/3"]
+    assert json.loads("\n".join(lines(done)[lines(done).index("✔ success") + 1 :])) == [
+        {"value": 1},
+        {"value": 4},
+        {"value": 9},
+    ]
+
+
+def test_suspend_resume_watch_result_and_cancel(server: Serving) -> None:
+    target = server.target
+    run_id = "cli-approval-1"
+    started = stepline(
+        "run", "approval", "--input", '{"value": 1}', "--run-id", run_id, target=target
+    )
+    assert started.returncode == 0, started.stderr
+    assert lines(started)[-2:] == [
+        "⏸ suspended at review",
+        f"resume with: stepline resume {run_id} --step review --data JSON",
+    ]
+
+    resumed = stepline(
+        "resume", run_id, "--step", "review", "--data", '{"approved": true}', target=target
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert lines(resumed)[0] == f"run {run_id} resumed (workflow approval)"
+    assert "  ▸ review started (resumed)" in lines(resumed)
+    assert lines(resumed)[-4:] == ["✔ success", "{", '  "value": 4', "}"]
+
+    watched = stepline("watch", run_id, "--json", target=target)
+    assert watched.returncode == 0, watched.stderr
+    events: list[dict[str, Any]] = [json.loads(line) for line in lines(watched)]
+    assert [e["sequence"] for e in events] == list(range(1, len(events) + 1))
+    assert {e["run_id"] for e in events} == {run_id}
+    finishes = [e["data"]["status"] for e in events if e["type"] == "workflow-finish"]
+    assert finishes == ["suspended", "success"]
+
+    tail = stepline("watch", run_id, "--from", str(len(events) - 1), target=target)
+    assert [line.split()[0] for line in lines(tail)[:2]] == [str(len(events) - 1), str(len(events))]
+    assert lines(tail)[1].endswith("✔ success")
+
+    result = stepline("result", run_id, "--json", target=target)
+    assert json.loads(result.stdout)["result"] == {"value": 4}
+    human = stepline("result", run_id, target=target)
+    assert lines(human)[0] == f"run {run_id}  workflow approval  status success"
+    assert [line.split()[1] for line in lines(human)[3:6]] == ["add_one", "review", "double"]
+
+    canceled = stepline("cancel", run_id, target=target)
+    assert lines(canceled) == [f"run {run_id}: already success, left unchanged"]
+
+    listed = json.loads(
+        stepline("runs", "list", "--status", "success", "--json", target=target).stdout
+    )
+    assert run_id in [run["run_id"] for run in listed["runs"]]
+    assert {run["status"] for run in listed["runs"]} == {"success"}
+
+
+def test_errors_and_exit_statuses(server: Serving) -> None:
+    target = server.target
+    missing = stepline("result", "no-such-run", target=target)
+    assert missing.returncode == 3
+    assert missing.stderr.strip() == "stepline: RUN_NOT_FOUND: run 'no-such-run' does not exist"
+
+    missing_json = stepline("result", "no-such-run", "--json", target=target)
+    error = json.loads(missing_json.stderr)["error"]
+    assert (error["code"], error["reason"]) == ("NOT_FOUND", "RUN_NOT_FOUND")
+
+    not_json = stepline("run", "chain", "--input", "{value", target=target)
+    assert not_json.returncode == 2
+    assert "--input is not valid JSON" in not_json.stderr
+
+    invalid = stepline("run", "chain", "--input", '{"value": "x"}', target=target)
+    assert invalid.returncode == 2
+    assert "  input_data.value: Input should be a valid integer" in invalid.stderr.splitlines()[1]
+
+    bad_status = stepline("runs", "list", "--status", "bogus", target=target)
+    assert bad_status.returncode == 2 and "--status 'bogus'" in bad_status.stderr
+
+
+def test_tokens_through_the_cli(tmp_path: Path) -> None:
+    guarded = serve(tmp_path, "--auth-token", TOKEN, "--log-format", "json", "--log-level", "debug")
+    try:
+        refused = stepline("workflows", "list", target=guarded.target)
+        assert refused.returncode == 3
+        assert "MISSING_CREDENTIALS" in refused.stderr
+        flag = stepline("workflows", "list", "--token", TOKEN, target=guarded.target)
+        assert flag.returncode == 0, flag.stderr
+        env = stepline(
+            "run", "chain", "--input", '{"value": 5}', target=guarded.target, STEPLINE_TOKEN=TOKEN
+        )
+        assert env.returncode == 0, env.stderr
+        run_id = lines(env)[0].split()[1]
+    finally:
+        assert guarded.stop() == 0
+    log = guarded.log
+    assert TOKEN not in log
+    records = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    about = [r for r in records if run_id in r["message"]]
+    assert about and all(r["run_id"] == run_id and r["workflow_id"] == "chain" for r in about)
+
+
+# -- drawing, in process -------------------------------------------------------------------------
+
+
+def test_the_graph_tree_draws_every_entry_type() -> None:
+    def step(step_id: str, **extra: Any) -> dict[str, Any]:
+        return {"type": "step", "step": {"id": step_id, "description": "", **extra}}
+
+    graph = [
+        step("ask", can_suspend=True, description="Asks a human."),
+        {"type": "workflow", "id": "child", "graph": [step("inner")]},
+        {
+            "type": "conditional",
+            "steps": [step("big"), step("small")],
+            "conditions": [
+                {"id": "big-condition", "source": ".branch([(lambda c: c.input > 10, big),"},
+                {"id": "small-condition", "source": "lambda c: c.input <= 10"},
+            ],
+        },
+        {
+            "type": "loop",
+            "loop_type": "dountil",
+            "step": step("bump"),
+            "condition": {"source": "async def done(c):\n    return c.iteration_count > 3"},
+        },
+        {"type": "foreach", "concurrency": 4, "step": step("each")},
+        {"type": "mapping", "id": "map_demo_1", "source": "..."},
+        {"type": "sleep", "id": "sleep_demo_1", "seconds": 1.5},
+        {"type": "someday", "id": "x", "steps": [step("later")]},
+    ]
+    workflow = WorkflowInfo(id="demo", description="Everything.", graph=graph)
+    assert draw_graph(workflow, UNICODE) == [
+        "demo: Everything.",
+        "├── ask  [⏸ can suspend]  - Asks a human.",
+        "├── workflow child",
+        "│   └── inner",
+        "├── branch (every true condition runs)",
+        "│   ├── big  when c.input > 10",
+        "│   └── small  when c.input <= 10",
+        "├── dountil until done(c)",
+        "│   └── bump",
+        "├── foreach (concurrency 4)",
+        "│   └── each",
+        "├── map map_demo_1",
+        "├── sleep sleep_demo_1 (1.5 s)",
+        "└── someday x",
+        "    └── later",
+    ]
+
+
+class _Terminal(io.TextIOWrapper):
+    """An in-memory UTF-8 stream that says it is a terminal."""
+
+    def __init__(self) -> None:
+        super().__init__(io.BytesIO(), encoding="utf-8", newline="\n")
+
+    def isatty(self) -> bool:
+        return True
+
+    def getvalue(self) -> str:
+        self.flush()
+        buffer = self.buffer
+        assert isinstance(buffer, io.BytesIO)
+        return buffer.getvalue().decode()
+
+
+def test_the_progress_bar_redraws_in_place_on_a_terminal() -> None:
+    now = datetime.now(UTC)
+
+    def event(sequence: int, kind: EventType, **data: Any) -> RunEvent:
+        return RunEvent("r1", sequence, now, kind, data)
+
+    out = _Terminal()
+    printer = EventPrinter(out)
+    printer.event(event(1, EventType.STEP_START, step_id="each"))
+    for done in (1, 2):
+        progress = {"completed_count": done, "total_count": 2, "current_index": done - 1}
+        printer.event(event(1 + done, EventType.STEP_PROGRESS, step_id="each", **progress))
+    printer.event(
+        event(
+            4, EventType.STEP_RESULT, step_id="each", status="success", started_at=now, ended_at=now
+        )
+    )
+    printer.event(event(5, EventType.WORKFLOW_FINISH, status=RunStatus.SUCCESS, result=[1, 2]))
+    assert printer.summary() == 0
+    half, full = "█" * 12 + "░" * 12, "█" * 24
+    assert out.getvalue() == (
+        "  ▸ each started\n"
+        f"\r    each [{half}] 1/2"
+        f"\r    each [{full}] 2/2\n"
+        "  ✔ each (0 ms)\n"
+        "✔ success\n"
+        "[\n  1,\n  2\n]\n"
+    )

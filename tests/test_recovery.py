@@ -1,0 +1,123 @@
+"""Runs outlive the process that held them: orphan recovery, Restart, and drain hand-back,
+on both stores (replicas in one process share one store)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from stepline.client import Client
+from stepline.client import EventType as ClientEventType
+from stepline.client import RunStatus as ClientStatus
+from stepline.server.app import Server
+from stepline.server.errors import FailedPrecondition, ShuttingDown
+from stepline.server.model import Event, EventType, RunStatus, StepRecord, StepStatus, now
+from stepline.server.runs import RunService, StartParams
+from stepline.server.settings import Settings
+from stepline.server.store import Store
+from stepline.server.worker import Worker
+from tests import flows
+from tests.engine_harness import kinds, registry
+
+
+async def orphan(store: Store, service: RunService, workflow_id: str, value: int) -> str:
+    """A run whose replica died mid-step: leased, RUNNING, first step started, never renewed."""
+    started = await service.start(StartParams(workflow_id, {"value": value}))
+    lease = await store.acquire(started.run_id, "dead-replica", ttl=0.3)
+    assert lease is not None
+    snap = lease.run.snapshot
+    snap.status = RunStatus.RUNNING
+    snap.steps["add_one"] = StepRecord(
+        status=StepStatus.RUNNING, payload={"value": value}, started_at=now()
+    )
+    snap.active_steps["add_one"] = [0]
+    events = [
+        Event(type=EventType.WORKFLOW_START, data={"workflow_id": workflow_id, "reason": "start"}),
+        Event(type=EventType.STEP_START, data={"step_id": "add_one", "payload": {"value": value}}),
+    ]
+    await store.write(snap, events, fence=lease.fence)
+    return started.run_id
+
+
+async def test_an_orphaned_run_is_recovered_after_its_lease_expires(store: Store) -> None:
+    service = RunService(store, registry())
+    run_id = await orphan(store, service, "sequence", 1)
+    worker = Worker(store, registry(), lease_ttl=1.0, poll_block=0.1)
+    await worker.start()
+    try:
+        done = await service.wait(run_id, timeout=10)
+    finally:
+        await worker.stop(grace=1.0)
+    snap = done.snapshot
+    assert snap.status is RunStatus.SUCCESS and snap.result == {"value": 4}
+    events = await store.read_events(run_id, 0)
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+    assert [e.data["reason"] for e in events if e.type is EventType.WORKFLOW_START] == [
+        "start",
+        "restart",
+    ]
+    assert kinds(events).count("step-result:add_one") == 1  # recorded exactly once
+
+
+async def test_restart_redrives_an_orphan_and_refuses_a_held_run(store: Store) -> None:
+    service = RunService(store, registry())
+    run_id = await orphan(store, service, "sequence", 2)
+    with pytest.raises(FailedPrecondition) as info:
+        await service.restart(run_id)  # the dead replica's lease has not expired yet
+    assert info.value.reason == "RUN_HELD"
+    await asyncio.sleep(0.4)
+    worker = Worker(store, registry(), lease_ttl=5.0, poll_block=0.1)
+    await worker.start()
+    try:
+        done = await asyncio.wait_for(service.restart(run_id), 10)
+    finally:
+        await worker.stop(grace=1.0)
+    assert done.snapshot.status is RunStatus.SUCCESS and done.snapshot.result == {"value": 6}
+
+
+async def test_drain_ends_watches_with_shutting_down(store: Store) -> None:
+    service = RunService(store, registry())
+    started = await service.start(StartParams("sequence", {"value": 1}))  # no worker: pending
+
+    async def follow() -> list[Event]:
+        return [e async for e in service.watch(started.run_id)]
+
+    watching = asyncio.create_task(follow())
+    await asyncio.sleep(0.1)
+    service.drain()
+    with pytest.raises(ShuttingDown):
+        await asyncio.wait_for(watching, 5)
+
+
+async def test_shutdown_hands_runs_to_another_replica_and_watch_follows(store: Store) -> None:
+    settings = Settings(host="127.0.0.1", port=0, workflows=["tests.flows"], lease_ttl=1.0)
+    first = await Server.start(settings, store=store)
+    second = await Server.start(settings, store=store)
+    second.worker.max_concurrent_runs = 1
+    target = f"ipv4:127.0.0.1:{first.port},127.0.0.1:{second.port}"
+    client = await Client.connect(target)
+    try:
+        # Only the first replica takes work until it stops: the second's worker is paused.
+        await second.worker.stop(grace=0)
+        run = await client.start_async("cancellable", {"seconds": 1.5})
+        seen: list[int] = []
+        events = client.watch(run.run_id)
+        async for event in events:
+            seen.append(event.sequence)
+            if event.type is ClientEventType.STEP_START:
+                break
+        await first.stop(grace=0.1)  # the step is still running: hand it back
+        second.worker = Worker(store, second.registry, lease_ttl=1.0, poll_block=0.1)
+        await second.worker.start()
+        async for event in events:  # reconnects to the second replica from its cursor
+            seen.append(event.sequence)
+        assert seen == list(range(1, len(seen) + 1))
+        result = await client.get_result(run.run_id)
+        assert result.status is ClientStatus.SUCCESS  # handed over, never canceled
+        assert result.result == {"canceled": False}
+        # Steps are at-least-once: the handed-back step ran again on the second replica.
+        assert flows.SEEN[run.run_id] == ["waiting", "waiting", "never_after_cancel"]
+    finally:
+        await client.close()
+        await second.stop(grace=1)
