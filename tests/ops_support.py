@@ -1,5 +1,5 @@
-"""Helpers of the operations tests: servers in process and as `stepline serve` subprocesses,
-a private redis-server, and TLS certificates made on the spot. Loopback only; every wait is
+"""Helpers of the operations tests: servers in process and as `stepline serve` subprocesses
+(see tests/processes.py), and TLS certificates made on the spot. Loopback only; every wait is
 bounded.
 """
 
@@ -8,12 +8,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import ipaddress
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -21,21 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import grpc
-import pytest
-import redis
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from stepline.server.app import Server
 from stepline.server.settings import Settings
 from stepline.server.store import MemoryStore, Store
+from tests.processes import Launcher, Replica
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 BOUND = 10.0  # every wait in these tests ends within this many seconds
 FLOWS = "tests.ops_flows"
 
@@ -86,136 +76,10 @@ async def eventually_async(check: Callable[[], Awaitable[T | None]], *, limit: f
         await asyncio.sleep(0.05)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-# -- `stepline serve` as a subprocess -----------------------------------------------------------
-
-
-def stepline_command() -> list[str]:
-    """The `stepline` console script installed with this interpreter, or the module."""
-    search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    script = shutil.which("stepline", path=search)
-    return [script] if script else [sys.executable, "-m", "stepline.server.cli"]
-
-
-def environment(**extra: str) -> dict[str, str]:
-    """This environment without STEPLINE_* settings, with the repo root importable."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STEPLINE_")}
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p
-    )
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
-
-
-def healthy(target: str, *, limit: float = 0.5) -> bool:
-    with grpc.insecure_channel(target) as channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=limit
-            )
-        except grpc.RpcError:
-            return False
-        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
-
-
-@dataclass
-class Serving:
-    """One `stepline serve` process."""
-
-    process: subprocess.Popen[bytes]
-    target: str
-    stderr_path: Path
-
-    @property
-    def log(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-    def stop(self) -> int:
-        """SIGTERM by pid, SIGKILL if it has not exited within the bound."""
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=BOUND)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=5)
-        return self.process.returncode
-
-
-def serve(tmp_path: Path, *flags: str) -> Serving:
-    """Start `stepline serve` on a free loopback port; return once health says SERVING."""
-    for attempt in range(3):  # the probed port can be taken before the server binds it
-        port = free_port()
-        stderr_path = tmp_path / f"serve-{port}.stderr"
-        command = [*stepline_command(), "serve", "--host", "127.0.0.1", "--port", str(port)]
-        with stderr_path.open("wb") as stderr:
-            process = subprocess.Popen(
-                [*command, "--workflows", FLOWS, *flags],
-                cwd=REPO_ROOT,
-                env=environment(),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-            )
-        serving = Serving(process, f"127.0.0.1:{port}", stderr_path)
-        deadline = time.monotonic() + BOUND * 2
-        while time.monotonic() < deadline and process.poll() is None:
-            if healthy(serving.target):
-                return serving
-            time.sleep(0.05)
-        serving.stop()
-        if "bind" not in serving.log.lower() or attempt == 2:
-            pytest.fail(f"stepline serve did not become ready:\n{serving.log}")
-    raise AssertionError("unreachable")
-
-
-# -- a private redis-server ---------------------------------------------------------------------
-
-
-def redis_binary() -> str:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        if os.environ.get("STEPLINE_REQUIRE_REDIS") == "1":
-            pytest.fail("redis-server is not on PATH and STEPLINE_REQUIRE_REDIS=1")
-        pytest.skip("redis-server is not on PATH")
-    return binary
-
-
-def start_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
-    """A redis-server without persistence on 127.0.0.1:`port`, ready when this returns."""
-    command = [redis_binary(), "--bind", "127.0.0.1", "--port", str(port)]
-    command += ["--save", "", "--appendonly", "no", "--dir", str(workdir)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1.0)
-    deadline = time.monotonic() + BOUND
-    try:
-        while time.monotonic() < deadline and process.poll() is None:
-            try:
-                if client.ping():
-                    return process
-            except redis.exceptions.ConnectionError:
-                time.sleep(0.02)
-    finally:
-        client.close()
-    stop_process(process)
-    pytest.fail(f"redis-server did not start on port {port}")
-
-
-def stop_process(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+def serve(tmp_path: Path, *flags: str) -> Replica:
+    """`stepline serve` serving tests.ops_flows on a free loopback port, once it is SERVING;
+    the caller stops it."""
+    return Launcher(tmp_path)("--workflows", FLOWS, *flags)
 
 
 # -- certificates -------------------------------------------------------------------------------

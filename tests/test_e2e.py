@@ -9,156 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import socket
 import subprocess
-import sys
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from stepline.client import Client, EventType, RunEvent, RunResult, RunStatus, StepStatus
+from tests.processes import REPO_ROOT, Launcher, Replica, environment, stepline_command
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-READY_SECONDS = 20.0  # start-up deadline: health check SERVING
-STOP_SECONDS = 10.0  # SIGTERM → exit deadline before SIGKILL
 TEST_SECONDS = 40.0  # whole-test deadline for the client side of each test
-START_ATTEMPTS = 3  # a free port can be taken between probing and binding
 
 pytestmark = pytest.mark.timeout(60)
 
 
 # -- running `stepline serve` ----------------------------------------------------------------
-def _command() -> list[str]:
-    """The `stepline` console script, preferring the one installed with this interpreter."""
-    search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    script = shutil.which("stepline", path=search)
-    if script is not None:
-        return [script]
-    return [sys.executable, "-m", "stepline.server.cli"]
-
-
-def _environment() -> dict[str, str]:
-    """The caller's environment without STEPLINE_* settings, with the repo root importable."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STEPLINE_")}
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p
-    )
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
-def _free_port(taken: set[int]) -> int:
-    """A loopback port free right now and not handed to another server of this test (gRPC
-    binds with SO_REUSEPORT, so two replicas on one port would both start)."""
-    while True:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port: int = probe.getsockname()[1]
-        if port not in taken:
-            taken.add(port)
-            return port
-
-
-@dataclass
-class Replica:
-    """One `stepline serve` process."""
-
-    process: subprocess.Popen[bytes]
-    target: str
-    stderr_path: Path
-
-    @property
-    def log(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-    def stop(self, timeout: float = STOP_SECONDS) -> int:
-        """SIGTERM by pid and wait; SIGKILL if it has not exited by `timeout`. Returns the exit
-        code (negative for a signal, as subprocess reports it)."""
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout=5)
-        return self.process.returncode
-
-
-def _wait_ready(process: subprocess.Popen[bytes], target: str) -> bool:
-    """Poll grpc.health.v1 Check("") until SERVING; False if the process exits or the
-    deadline passes first."""
-    deadline = time.monotonic() + READY_SECONDS
-    with grpc.insecure_channel(target) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                return False
-            try:
-                reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
-            except grpc.RpcError:
-                pass
-            else:
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return True
-            time.sleep(0.05)
-    return False
-
-
-@dataclass
-class Launcher:
-    """Starts replicas for one test and stops every one of them at teardown."""
-
-    tmp_path: Path
-    replicas: list[Replica] = field(default_factory=list)
-    ports: set[int] = field(default_factory=set)
-    lock: threading.Lock = field(default_factory=threading.Lock)  # replicas start in threads
-
-    def __call__(self, *flags: str) -> Replica:
-        for attempt in range(START_ATTEMPTS):
-            with self.lock:
-                port = _free_port(self.ports)
-                stderr_path = self.tmp_path / f"serve-{port}-{attempt}.stderr"
-            command = [*_command(), "serve", "--host", "127.0.0.1", "--port", str(port), *flags]
-            with stderr_path.open("wb") as stderr:
-                process = subprocess.Popen(
-                    command,
-                    cwd=REPO_ROOT,
-                    env=_environment(),
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=stderr,
-                )
-            replica = Replica(process, f"127.0.0.1:{port}", stderr_path)
-            with self.lock:
-                self.replicas.append(replica)
-            if _wait_ready(process, replica.target):
-                return replica
-            replica.stop(timeout=2)
-            if "bind" not in replica.log.lower():  # only a lost port race is worth a retry
-                break
-        pytest.fail(f"`{' '.join(command)}` did not become ready:\n{replica.log}")
-
-    def stop_all(self) -> None:
-        errors: list[BaseException] = []
-        for replica in self.replicas:
-            try:
-                replica.stop()
-            except Exception as error:  # stop the others anyway
-                errors.append(error)
-        if errors:
-            raise errors[0]
-
-
 @pytest.fixture
 def serve(tmp_path: Path) -> Iterator[Launcher]:
     launcher = Launcher(tmp_path)
@@ -372,9 +243,9 @@ async def test_two_replicas_share_runs(serve: Launcher, redis_server: str) -> No
 def test_invalid_port_is_rejected_quickly() -> None:
     began = time.monotonic()
     done = subprocess.run(
-        [*_command(), "serve", "--port", "-5"],
+        [*stepline_command(), "serve", "--port", "-5"],
         cwd=REPO_ROOT,
-        env=_environment(),
+        env=environment(),
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
@@ -395,9 +266,9 @@ def test_port_in_use_is_reported_without_a_traceback() -> None:
         port = holder.getsockname()[1]
         began = time.monotonic()
         done = subprocess.run(
-            [*_command(), "serve", "--port", str(port)],
+            [*stepline_command(), "serve", "--port", str(port)],
             cwd=REPO_ROOT,
-            env=_environment(),
+            env=environment(),
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,

@@ -15,7 +15,9 @@ import pytest
 
 from stepline.client import EventType, RunEvent, RunStatus, WorkflowInfo
 from stepline.client.cli import UNICODE, EventPrinter, draw_graph
-from tests.ops_support import BOUND, REPO_ROOT, Serving, environment, serve, stepline_command
+from tests.ops_support import BOUND, serve
+from tests.processes import REPO_ROOT, environment, stepline_command
+from tests.processes import Replica as Serving
 
 pytestmark = pytest.mark.timeout(90)
 

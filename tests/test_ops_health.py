@@ -14,7 +14,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from stepline.server.store import RedisStore
-from tests.ops_support import BOUND, free_port, running, start_redis, stop_process
+from tests.ops_support import BOUND, running
+from tests.processes import free_port, start_redis, stop_process
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -65,7 +66,7 @@ async def test_health_follows_whether_redis_answers(tmp_path: Path) -> None:
         watch = health.Watch(health_pb2.HealthCheckRequest(service="")).__aiter__()
         assert await _next_status(watch) == NOT_SERVING  # no Redis yet
 
-        redis_process = await asyncio.to_thread(start_redis, port, tmp_path)
+        redis_process, _ = await asyncio.to_thread(start_redis, tmp_path, port)
         try:
             await _status_becomes(watch, SERVING)
             reply = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE))

@@ -479,15 +479,10 @@ class Execution:
             and (prior.metadata.get("iteration_count") != iteration)
         ):
             prior = None  # a record of an earlier loop iteration
-        resume: PendingResume | None = None
+        done, resume = self._recorded(unit.id, prior)
+        if done is not None:
+            return done
         if prior is not None:
-            if prior.status is StepStatus.SUCCESS:
-                return Outcome(Kind.OK, prior.output)
-            if prior.status is StepStatus.SUSPENDED:
-                pending = self.snap.pending_resume
-                if pending is None or pending.step_id != unit.id:
-                    return Outcome(Kind.SUSPENDED)
-                resume = pending
             payload = prior.payload
         metadata = {"iteration_count": iteration} if iteration is not None else {}
         rec = await self._open(unit.id, position, payload, prior, resume, metadata)
@@ -497,6 +492,23 @@ class Execution:
             return await self._run_child(unit, position, rec, resume)
         attempt = await self._attempts(unit, payload, rec.resume_payload, rec.suspend_payload)
         return await self._close(unit.id, position, rec, attempt)
+
+    def _recorded(
+        self, unit_id: str, prior: StepRecord | None
+    ) -> tuple[Outcome | None, PendingResume | None]:
+        """What the snapshot already decides for a step: its recorded outcome when it needs no
+        execution (succeeded; suspended and not the resume target), else the pending resume
+        that targets it (or None for a fresh or re-driven run)."""
+        if prior is None:
+            return None, None
+        if prior.status is StepStatus.SUCCESS:
+            return Outcome(Kind.OK, prior.output), None
+        if prior.status is StepStatus.SUSPENDED:
+            pending = self.snap.pending_resume
+            if pending is None or pending.step_id != unit_id:
+                return Outcome(Kind.SUSPENDED), None
+            return None, pending
+        return None, None
 
     async def _open(
         self,
@@ -662,15 +674,10 @@ class Execution:
         step = node.step
         snap = self.snap
         prior = snap.steps.get(step.id)
-        resume: PendingResume | None = None
+        done, resume = self._recorded(step.id, prior)
+        if done is not None:
+            return done
         if prior is not None:
-            if prior.status is StepStatus.SUCCESS:
-                return Outcome(Kind.OK, prior.output)
-            if prior.status is StepStatus.SUSPENDED:
-                pending = snap.pending_resume
-                if pending is None or pending.step_id != step.id:
-                    return Outcome(Kind.SUSPENDED)
-                resume = pending
             value = prior.payload
         rec = await self._open(step.id, [index], value, prior, resume, {})
         if not isinstance(value, list):

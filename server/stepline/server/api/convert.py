@@ -312,14 +312,8 @@ def require_id(value: str, field: str) -> str:
 def start_params(request: StartRequest) -> StartParams:
     decoder = RequestDecoder()
     decoder.required(request.workflow_id, "workflow_id")
-    input_data = (
-        decoder.value(request.input_data, "input_data") if request.HasField("input_data") else None
-    )
-    initial_state = (
-        decoder.struct(request.initial_state, "initial_state")
-        if request.HasField("initial_state")
-        else None
-    )
+    input_data = decoder.optional_value(request, "input_data")
+    initial_state = decoder.optional_struct(request, "initial_state")
     request_context = decoder.struct(request.request_context, "request_context")
     trace_metadata = decoder.struct(request.tracing_options.metadata, "tracing_options.metadata")
     decoder.check()
@@ -339,22 +333,13 @@ def start_params(request: StartRequest) -> StartParams:
 def resume_params(request: ResumeRequest) -> ResumeParams:
     decoder = RequestDecoder()
     decoder.required(request.run_id, "run_id")
-    for index, segment in enumerate(request.step):
-        decoder.required(segment, f"step[{index}]")
-    resume_data = (
-        decoder.value(request.resume_data, "resume_data")
-        if request.HasField("resume_data")
-        else None
-    )
-    request_context = (
-        decoder.struct(request.request_context, "request_context")
-        if request.HasField("request_context")
-        else None
-    )
+    step = decoder.step_path(request.step)
+    resume_data = decoder.optional_value(request, "resume_data")
+    request_context = decoder.optional_struct(request, "request_context")
     decoder.check()
     return ResumeParams(
         run_id=request.run_id,
-        step=tuple(request.step),
+        step=step,
         label=request.label,
         resume_data=resume_data,
         request_context=request_context,
@@ -430,8 +415,7 @@ def time_travel_params(
     decoder.required(request.run_id, "run_id")
     if not request.step:
         decoder.fail("step", "must name the step to re-execute from")
-    for index, segment in enumerate(request.step):
-        decoder.required(segment, f"step[{index}]")
+    step = decoder.step_path(request.step)
     context: dict[str, StepRecord] = {}
     for step_id, result in request.context.items():
         field = f"context[{step_id!r}]"
@@ -447,28 +431,12 @@ def time_travel_params(
 
     params = TimeTravelParams(
         run_id=request.run_id,
-        step=tuple(request.step),
-        input_data=(
-            decoder.value(request.input_data, "input_data")
-            if request.HasField("input_data")
-            else None
-        ),
-        initial_state=(
-            decoder.struct(request.initial_state, "initial_state")
-            if request.HasField("initial_state")
-            else None
-        ),
-        resume_data=(
-            decoder.value(request.resume_data, "resume_data")
-            if request.HasField("resume_data")
-            else None
-        ),
+        step=step,
+        input_data=decoder.optional_value(request, "input_data"),
+        initial_state=decoder.optional_struct(request, "initial_state"),
+        resume_data=decoder.optional_value(request, "resume_data"),
         context=context,
-        request_context=(
-            decoder.struct(request.request_context, "request_context")
-            if request.HasField("request_context")
-            else None
-        ),
+        request_context=decoder.optional_struct(request, "request_context"),
     )
     decoder.check()
     return params

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
+from google.protobuf.message import Message
 
 from ..errors import FieldViolation, InvalidArgument
 
@@ -140,6 +141,21 @@ class RequestDecoder:
         return {
             key: self.value(item, child_path(field, key)) for key, item in struct.fields.items()
         }
+
+    def optional_value(self, message: Message, field: str) -> Any:
+        """The JSON value of a message field, or None when the field is unset."""
+        return self.value(getattr(message, field), field) if message.HasField(field) else None
+
+    def optional_struct(self, message: Message, field: str) -> dict[str, Any] | None:
+        """The object of a Struct message field, or None when the field is unset."""
+        return self.struct(getattr(message, field), field) if message.HasField(field) else None
+
+    def step_path(self, segments: Iterable[str]) -> tuple[str, ...]:
+        """A step path whose every segment is non-empty (`step[i]` names a bad one)."""
+        path = tuple(segments)
+        for index, segment in enumerate(path):
+            self.required(segment, f"step[{index}]")
+        return path
 
     def duration(self, duration: duration_pb2.Duration, field: str) -> float:
         seconds = duration.seconds + duration.nanos / 1e9

@@ -215,23 +215,27 @@ class RedisStore:
     async def acquire(self, run_id: str, owner: str, ttl: float) -> Lease | None:
         now = time.time()
         args = [owner, repr(now), repr(now + ttl)]
-        with _reachable():
-            reply = await self._acquire(keys=[self._keys.run(run_id)], args=args)
-            if reply[0] != 0:
-                await self._redis.zadd(self._keys.watchdog, {run_id: now + ttl})
+        reply = await self._watched(self._acquire, run_id, args, now + ttl)
         if reply[0] == 0:
             return None
         return Lease(run_id=run_id, fence=int(reply[0]), run=_stored(reply[1:], now))
 
     async def renew(self, run_id: str, fence: int, ttl: float) -> bool:
         until = time.time() + ttl
-        with _reachable():
-            renewed = await self._renew(
-                keys=[self._keys.run(run_id)], args=[str(fence), repr(until)]
-            )
-            if renewed == 1:
-                await self._redis.zadd(self._keys.watchdog, {run_id: until})
+        renewed = await self._watched(self._renew, run_id, [str(fence), repr(until)], until)
         return bool(renewed == 1)
+
+    async def _watched(self, script: Any, run_id: str, args: list[str], deadline: float) -> Any:
+        """Run a lease script with the run's watchdog deadline set in the same round trip.
+
+        The deadline is set even when the script refuses: `recover` checks the run hash
+        before acting on a deadline, so a spare one costs a read, never a wrong re-queue."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.zadd(self._keys.watchdog, {run_id: deadline})
+        await script(keys=[self._keys.run(run_id)], args=args, client=pipe)
+        with _reachable():
+            _, reply = await pipe.execute()
+        return reply
 
     async def release(self, run_id: str, fence: int) -> None:
         with _reachable():
