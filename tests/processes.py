@@ -67,9 +67,12 @@ def redis_binary() -> str:
     return binary
 
 
-def start_redis(workdir: Path, port: int | None = None) -> tuple[subprocess.Popen[bytes], int]:
-    """A redis-server without persistence on 127.0.0.1 (on `port`, else a free one, retried),
-    ready when this returns."""
+def start_redis(
+    workdir: Path, port: int | None = None, *, appendonly: bool = False
+) -> tuple[subprocess.Popen[bytes], int]:
+    """A redis-server on 127.0.0.1 (on `port`, else a free one, retried), ready when this
+    returns. Without persistence, or with an append-only file in `workdir` (fsync every
+    second, as in production) that a restart on the same `workdir` reloads."""
     binary = redis_binary()
     for _attempt in range(1 if port else START_ATTEMPTS):
         chosen = port or free_port()
@@ -78,7 +81,8 @@ def start_redis(workdir: Path, port: int | None = None) -> tuple[subprocess.Pope
             "--bind", "127.0.0.1",
             "--port", str(chosen),
             "--save", "",
-            "--appendonly", "no",
+            "--appendonly", "yes" if appendonly else "no",
+            "--appendfsync", "everysec",
             "--dir", str(workdir),
             "--logfile", str(workdir / "redis.log"),
         ]  # fmt: skip
