@@ -47,11 +47,14 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
         await admin.aclose()
 
 
-@pytest.fixture
-async def engine(store: Store) -> AsyncIterator[Engine]:
-    """RunService + Worker over the `store` fixture, serving tests/flows.py."""
+@pytest.fixture(params=["local", "queued"])
+async def engine(store: Store, request: pytest.FixtureRequest) -> AsyncIterator[Engine]:
+    """RunService + Worker over the `store` fixture, serving tests/flows.py. `local`: runs
+    started or resumed through the service execute on its worker at once, as in the server;
+    `queued`: every run goes through the store's queue, as when the replica is full."""
     reg = registry()
     worker = Worker(store, reg, lease_ttl=5.0, poll_block=0.2)
     await worker.start()
-    yield Engine(RunService(store, reg, cancel_wait=3.0), worker, store)
+    runner = worker if request.param == "local" else None
+    yield Engine(RunService(store, reg, cancel_wait=3.0, runner=runner), worker, store)
     await worker.stop(grace=1.0)

@@ -125,7 +125,6 @@ class Server:
         self.tokens = TokenTable.from_settings(settings)
         self.metrics = Metrics()
         self.tracing = Tracing.from_settings(settings, exporter=span_exporter)
-        self.service = RunService(store, registry)
         self.worker = Worker(
             store,
             registry,
@@ -133,6 +132,7 @@ class Server:
             lease_ttl=settings.lease_ttl,
             observers=[self.tracing.observer(), self.metrics.observer(), RunLog()],
         )
+        self.service = RunService(store, registry, runner=self.worker)
         self.metrics.track(
             active_runs=lambda: self.worker.active_runs,
             held_leases=lambda: self.worker.held_leases,

@@ -7,6 +7,7 @@ projection of it. Times are float seconds since the epoch.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -167,6 +168,35 @@ class Snapshot(BaseModel):
             for step_id, rec in child.flat_steps().items():
                 flat[f"{child_id}.{step_id}"] = rec
         return flat
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotImage:
+    """A snapshot as it was at one instant: its JSON, and the fields a store indexes it by.
+
+    A journal that writes behind the executor takes one of these at each transition, so a
+    later write stores exactly what was committed, whatever the live snapshot became since."""
+
+    run_id: str
+    status: RunStatus
+    request_id: str
+    updated_at: float
+    json: str
+
+    @classmethod
+    def of(cls, snapshot: Snapshot | SnapshotImage) -> SnapshotImage:
+        if isinstance(snapshot, SnapshotImage):
+            return snapshot
+        return cls(
+            run_id=snapshot.run_id,
+            status=snapshot.status,
+            request_id=snapshot.request_id,
+            updated_at=snapshot.updated_at,
+            json=snapshot.model_dump_json(),
+        )
+
+    def load(self) -> Snapshot:
+        return Snapshot.model_validate_json(self.json)
 
 
 class EventType(StrEnum):

@@ -11,7 +11,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from .errors import (
     Conflict,
@@ -28,7 +28,7 @@ from .errors import (
 )
 from .model import Event, EventType, PendingResume, RunStatus, Snapshot, StepRecord, StepStatus, now
 from .schema import Schema, SchemaViolation
-from .store import Page, RunFilter, Store, StoredRun
+from .store import Lease, Page, RunFilter, Store, StoredRun
 from .workflows import (
     BranchNode,
     ForeachNode,
@@ -47,6 +47,24 @@ _TAIL_BLOCK = 15.0
 # How long Cancel waits for a held run to stop before answering with its current status.
 _CANCEL_WAIT = 5.0
 _CAS_ATTEMPTS = 20
+
+
+class LocalRunner(Protocol):
+    """The worker of this replica, seen from the run API: a run started or claimed here is
+    executed here at once when a slot is free (no trip through the queue), and a wait for a
+    run executing here is answered from memory. Without one, every run goes through the
+    queue and every wait reads the log."""
+
+    owner: str
+    lease_ttl: float
+
+    def reserve(self) -> bool: ...
+
+    def unreserve(self) -> None: ...
+
+    def execute(self, lease: Lease) -> None: ...
+
+    def pass_of(self, run_id: str) -> asyncio.Future[StoredRun | None] | None: ...
 
 
 @dataclass(frozen=True)
@@ -110,11 +128,17 @@ class RunService:
     """The run API. Stateless apart from the store: any replica can serve any run."""
 
     def __init__(
-        self, store: Store, registry: Registry, *, cancel_wait: float = _CANCEL_WAIT
+        self,
+        store: Store,
+        registry: Registry,
+        *,
+        cancel_wait: float = _CANCEL_WAIT,
+        runner: LocalRunner | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
         self.cancel_wait = cancel_wait
+        self.runner = runner
         # Resolved by drain(): every wait and watch then ends with ShuttingDown.
         self._draining: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -123,6 +147,14 @@ class RunService:
         their callers reconnect to another replica. Runs themselves are not touched."""
         if not self._draining.done():
             self._draining.set_result(None)
+
+    async def _until(self, future: asyncio.Future[Any], timeout: float | None) -> None:
+        """Wait (bounded) for `future` without cancelling it; a drain interrupts."""
+        if self._draining.done():
+            raise ShuttingDown
+        await asyncio.wait({future, self._draining}, timeout=timeout, return_when="FIRST_COMPLETED")
+        if self._draining.done() and not future.done():
+            raise ShuttingDown
 
     async def _next_events(self, run_id: str, cursor: int, block: float) -> list[Event]:
         """A blocking read of the log that a drain interrupts."""
@@ -153,7 +185,21 @@ class RunService:
         RunAlreadyExists."""
         workflow = self.get_workflow(params.workflow_id)
         snapshot = self._new_snapshot(workflow, params)
-        outcome = await self.store.create(snapshot)
+        runner = self.runner
+        if runner is not None and runner.reserve():
+            try:
+                outcome = await self.store.create(
+                    snapshot, lease_owner=runner.owner, lease_ttl=runner.lease_ttl
+                )
+            except BaseException:
+                runner.unreserve()
+                raise
+            if outcome.lease is not None:
+                runner.execute(outcome.lease)
+            else:
+                runner.unreserve()
+        else:
+            outcome = await self.store.create(snapshot)
         if outcome.created:
             return Started(snapshot.run_id, True, RunStatus.PENDING)
         existing = outcome.run.snapshot
@@ -199,9 +245,17 @@ class RunService:
         """Block (bounded by `timeout`; None = no bound) until a workflow-finish event with a
         sequence above `after_sequence` exists, then return the stored run. On timeout returns
         the current stored run, whatever its status. Raises RunNotFound."""
-        await self.get(run_id)
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
+        local = self.runner.pass_of(run_id) if self.runner is not None else None
+        if local is not None:
+            # Executing on this replica: its pass hands over the stored run when it ends.
+            await self._until(local, timeout)
+            ended = local.result() if local.done() else None
+            if ended is not None and ended.last_sequence > after_sequence:
+                return ended
+        else:
+            await self.get(run_id)
         cursor = after_sequence
         while True:
             block = _TAIL_BLOCK if deadline is None else min(_TAIL_BLOCK, deadline - loop.time())
@@ -251,8 +305,24 @@ class RunService:
             await self.store.write(claimed, [start], expected_version=stored.version)
         except StoreConflict:
             raise ResumeAlreadyClaimed(snap.run_id) from None
-        await self.store.enqueue(snap.run_id)
+        await self._dispatch(snap.run_id)
         return Resumed(snap.run_id, RunStatus.RUNNING, stored.last_sequence)
+
+    async def _dispatch(self, run_id: str) -> None:
+        """Have an unheld run executed: here, when a slot is free and the lease is taken,
+        else by whichever replica takes it from the queue."""
+        runner = self.runner
+        if runner is not None and runner.reserve():
+            try:
+                lease = await self.store.acquire(run_id, runner.owner, runner.lease_ttl)
+            except BaseException:
+                runner.unreserve()
+                raise
+            if lease is not None:
+                runner.execute(lease)
+                return
+            runner.unreserve()
+        await self.store.enqueue(run_id)
 
     async def cancel(self, run_id: str) -> Canceled:
         """Cooperative and idempotent; a finished run is left unchanged. Raises RunNotFound."""
@@ -352,7 +422,7 @@ class RunService:
             raise _precondition(
                 snap, "RUN_HELD", f"run {run_id!r} is held by a live replica; it is not orphaned"
             )
-        await self.store.enqueue(run_id)
+        await self._dispatch(run_id)
         return await self.wait(run_id, after_sequence=stored.last_sequence)
 
     async def time_travel(self, params: TimeTravelParams) -> Resumed:
@@ -395,7 +465,7 @@ class RunService:
             await self.store.write(rewound, [start], expected_version=stored.version)
         except StoreConflict:
             raise Conflict(snap.run_id) from None
-        await self.store.enqueue(snap.run_id)
+        await self._dispatch(snap.run_id)
         return Resumed(snap.run_id, RunStatus.RUNNING, stored.last_sequence)
 
 

@@ -14,14 +14,14 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Coroutine, Sequence
+from typing import Any, Protocol
 
 from . import logs
 from .errors import LeaseLost, RunNotFound, StoreUnavailable
 from .executor import Execution, serialize_error
-from .model import Event, EventType, RunStatus, Snapshot, now
-from .store import Lease, Store, WorkItem
+from .model import Event, EventType, RunStatus, Snapshot, SnapshotImage, now
+from .store import Lease, Store, StoredRun, WorkItem
 from .store.base import CLAIM_GRACE
 from .workflows import Registry
 
@@ -36,7 +36,9 @@ class PassObserver(Protocol):
     """
 
     def committed(self, snapshot: Snapshot, events: Sequence[Event]) -> None:
-        """A transition was stored. `snapshot` is live: read it now, don't keep it."""
+        """A transition was committed (its store write may still be on its way; if that
+        fails, the pass ends with the error). `snapshot` is live: read it now, don't keep
+        it."""
         ...
 
     def ended(self, snapshot: Snapshot, error: BaseException | None) -> None:
@@ -51,20 +53,54 @@ class RunObserver(Protocol):
         ...
 
 
-class StoreJournal:
-    """Writes an execution's transitions under its lease's fence, one at a time.
+# Transitions a pass may write behind: nothing outside the run depends on them being stored
+# before the next one (a crash only means the step runs again, which at-least-once allows).
+# Step results, suspensions and the end of a pass are always written before the pass goes on.
+_DEFERRABLE = frozenset({EventType.WORKFLOW_START, EventType.STEP_START, EventType.STEP_OUTPUT})
+# How long a deferrable transition may wait for the next write before it is sent on its own,
+# so that a long step's step-start still reaches watchers promptly.
+WRITE_BEHIND = 0.002
 
-    Parallel steps of one run commit concurrently; the lock keeps their writes in order so
-    a later snapshot never lands before an earlier one.
+
+class StoreJournal:
+    """Writes an execution's transitions under its lease's fence: group commit.
+
+    Each commit takes an image of the snapshot at once. A step result, a suspension or the
+    end of the pass (release) is durable before `commit` returns, together with everything
+    committed before it, in one store write. A start transition (run start, step start, step
+    output) is written behind: it joins the next durable write, or goes on its own after
+    `write_behind` seconds. So a run of fast steps costs one store write per step, and the
+    order of transitions in the store is always the commit order. A failed write (lost lease,
+    store down) fails the next commit.
     """
 
     def __init__(
-        self, store: Store, lease: Lease, *, observers: Sequence[PassObserver] = ()
+        self,
+        store: Store,
+        lease: Lease,
+        *,
+        observers: Sequence[PassObserver] = (),
+        write_behind: float = WRITE_BEHIND,
     ) -> None:
         self._store = store
+        self._run_id = lease.run_id
         self._fence = lease.fence
-        self._lock = asyncio.Lock()
         self._observers = observers
+        self._write_behind = write_behind
+        # One write at a time, so a later image never lands before an earlier one.
+        self._lock = asyncio.Lock()
+        # What is committed and not yet written; a later image covers the earlier ones.
+        self._image: SnapshotImage | None = None
+        self._events: list[Event] = []
+        self._release = False
+        self._wake_at: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._behind: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None
+        self._cancel_requested = lease.run.cancel_requested
+        # The last stored version and sequence (what a waiter on this replica is told).
+        self.version = lease.run.version
+        self.last_sequence = lease.run.last_sequence
 
     async def commit(
         self,
@@ -74,18 +110,68 @@ class StoreJournal:
         release: bool = False,
         wake_at: float | None = None,
     ) -> bool:
+        if self._failure is not None:
+            raise self._failure
+        self._image = SnapshotImage.of(snapshot)
+        self._events.extend(events)
+        self._release = self._release or release
+        if wake_at is not None:
+            self._wake_at = wake_at
+        for observer in self._observers:
+            try:
+                observer.committed(snapshot, events)
+            except Exception:
+                log.exception("run observer %r failed", observer)
+        if release or wake_at is not None or any(e.type not in _DEFERRABLE for e in events):
+            await self._flush()
+        elif self._timer is None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self._write_behind, self._flush_behind)
+        return self._cancel_requested
+
+    def _flush_behind(self) -> None:
+        self._timer = None
+        self._behind = asyncio.create_task(self._flush_quietly())
+
+    async def _flush_quietly(self) -> None:
+        # The failure is kept and raised by the next commit.
+        with contextlib.suppress(Exception):
+            await self._flush()
+
+    async def _flush(self) -> None:
         async with self._lock:
-            outcome = await self._store.write(
-                snapshot, events, fence=self._fence, release=release, wake_at=wake_at
+            if self._failure is not None:
+                raise self._failure
+            image, events, release, wake_at = (
+                self._image,
+                self._events,
+                self._release,
+                self._wake_at,
             )
-            for observer in self._observers:
-                try:
-                    observer.committed(snapshot, events)
-                except Exception:
-                    log.exception("run observer %r failed", observer)
-        return outcome.cancel_requested
+            if image is None:
+                return  # an earlier flush already wrote everything committed so far
+            self._image, self._events, self._release, self._wake_at = None, [], False, None
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            try:
+                outcome = await self._store.write(
+                    image, events, fence=self._fence, release=release, wake_at=wake_at
+                )
+            except BaseException as err:
+                self._failure = err
+                raise
+            self._cancel_requested = outcome.cancel_requested
+            self.version, self.last_sequence = outcome.version, outcome.last_sequence
 
     def end(self, snapshot: Snapshot, error: BaseException | None) -> None:
+        """The pass is over: drop what was not written (a pass that ends normally has
+        written everything) and tell the observers."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._behind is not None and not self._behind.done():
+            self._behind.cancel()
         for observer in self._observers:
             try:
                 observer.ended(snapshot, error)
@@ -125,6 +211,10 @@ class Worker:
         self._slot_freed = asyncio.Event()
         # Set when this replica hands a run to a timer, so the timer loop looks again now.
         self._timer_set = asyncio.Event()
+        # Slots promised to runs this replica is about to create or claim held (`reserve`).
+        self._reserved = 0
+        # Runs executing here -> what their pass ended with, for waiters on this replica.
+        self._passes: dict[str, asyncio.Future[StoredRun | None]] = {}
 
     @property
     def active_runs(self) -> int:
@@ -134,6 +224,35 @@ class Worker:
     def held_leases(self) -> int:
         """Runs this replica is executing under a lease right now."""
         return len(self._cancel_events)
+
+    def _free_slots(self) -> int:
+        return self.max_concurrent_runs - len(self._tasks) - self._reserved
+
+    # -- local execution (the `LocalRunner` that RunService uses) ----------------------------
+    def reserve(self) -> bool:
+        """Promise a slot to a run about to be created or claimed held by this replica.
+        False when the replica is full or draining: the run then goes through the queue."""
+        if self._stopping.is_set() or self._free_slots() <= 0:
+            return False
+        self._reserved += 1
+        return True
+
+    def unreserve(self) -> None:
+        """Give back a reserved slot that was not used."""
+        self._reserved -= 1
+        self._slot_freed.set()
+
+    def execute(self, lease: Lease) -> None:
+        """Execute a run this replica already holds, in a reserved slot."""
+        self._reserved -= 1
+        self._passes[lease.run_id] = asyncio.get_running_loop().create_future()
+        self._spawn(self._run(None, lease), lease.run_id)
+
+    def pass_of(self, run_id: str) -> asyncio.Future[StoredRun | None] | None:
+        """While the run executes here: a future of the stored run once its pass ends with a
+        finish event (success, failure, cancel, suspension), or of None when it ended
+        otherwise (handed to a timer, lease lost, store down)."""
+        return self._passes.get(run_id)
 
     async def start(self) -> None:
         self._loops = [
@@ -159,7 +278,7 @@ class Worker:
     # -- loops -----------------------------------------------------------------------------
     async def _consume(self) -> None:
         while not self._stopping.is_set():
-            free = self.max_concurrent_runs - len(self._tasks)
+            free = self._free_slots()
             if free <= 0:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
@@ -171,9 +290,12 @@ class Worker:
                 await asyncio.sleep(1.0)
                 continue
             for item in items:
-                task = asyncio.create_task(self._run(item), name=f"stepline-run-{item.run_id}")
-                self._tasks.add(task)
-                task.add_done_callback(self._done)
+                self._spawn(self._run(item), item.run_id)
+
+    def _spawn(self, run: Coroutine[Any, Any, None], run_id: str) -> None:
+        task = asyncio.create_task(run, name=f"stepline-run-{run_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -218,51 +340,72 @@ class Worker:
             await asyncio.sleep(interval)
 
     # -- one run ---------------------------------------------------------------------------
-    async def _run(self, item: WorkItem) -> None:
-        lease: Lease | None = None
+    async def _run(self, item: WorkItem | None, lease: Lease | None = None) -> None:
+        """Execute a queued run (`item`: acquire its lease first) or a held one (`lease`)."""
+        run_id = item.run_id if item is not None else lease.run_id if lease is not None else ""
         handed_back = False
-        logs.bind_run(item.run_id)  # this task's log lines are about this run
+        logs.bind_run(run_id)  # this task's log lines are about this run
         try:
-            lease = await self.store.acquire(item.run_id, self.owner, self.lease_ttl)
             if lease is None:
-                return  # settled, deleted, or held by someone else
+                lease = await self.store.acquire(run_id, self.owner, self.lease_ttl)
+                if lease is None:
+                    return  # settled, deleted, or held by someone else
             await self._execute(lease)
         except asyncio.CancelledError:
             handed_back = lease is not None
             raise
         except LeaseLost:
-            log.warning("lost the lease on run %s; another replica continues it", item.run_id)
+            log.warning("lost the lease on run %s; another replica continues it", run_id)
         except RunNotFound:
-            log.info("run %s was deleted while executing", item.run_id)
+            log.info("run %s was deleted while executing", run_id)
         except StoreUnavailable:
             # The lease expires and the run is picked up again once the store is back.
-            log.warning("store unavailable while executing run %s", item.run_id)
+            log.warning("store unavailable while executing run %s", run_id)
         except Exception:
-            log.exception("engine error while executing run %s", item.run_id)
+            log.exception("engine error while executing run %s", run_id)
         finally:
+            unended = self._passes.pop(run_id, None)  # cancelled before its pass began
+            if unended is not None and not unended.done():
+                unended.set_result(None)
             await self._finish_item(item, lease if handed_back else None)
 
-    async def _finish_item(self, item: WorkItem, hand_back: Lease | None) -> None:
+    async def _finish_item(self, item: WorkItem | None, hand_back: Lease | None) -> None:
         with contextlib.suppress(StoreUnavailable, RunNotFound, LeaseLost):
             if hand_back is not None:
                 await self.store.release(hand_back.run_id, hand_back.fence)
                 await self.store.enqueue(hand_back.run_id)
-            await self.store.ack(item)
+            if item is not None:
+                await self.store.ack(item)
 
     async def _execute(self, lease: Lease) -> None:
         snapshot = lease.run.snapshot
         logs.bind_run(lease.run_id, snapshot.workflow_id)
-        journal = StoreJournal(self.store, lease, observers=self._passes(snapshot))
+        journal = StoreJournal(self.store, lease, observers=self._pass_observers(snapshot))
+        ended = self._passes.get(lease.run_id)
+        if ended is None or ended.done():
+            ended = self._passes[lease.run_id] = asyncio.get_running_loop().create_future()
         error: BaseException | None = None
+        outcome: StoredRun | None = None
         try:
-            await self._execute_pass(lease, journal)
+            final = await self._execute_pass(lease, journal)
+            if final is not None and final.status.settled:
+                outcome = StoredRun(
+                    snapshot=final,
+                    version=journal.version,
+                    last_sequence=journal.last_sequence,
+                    cancel_requested=False,
+                    leased=False,
+                )
         except BaseException as err:
             error = err
             raise
         finally:
+            if self._passes.get(lease.run_id) is ended:
+                del self._passes[lease.run_id]
+            ended.set_result(outcome)
             journal.end(snapshot, error)
 
-    def _passes(self, snapshot: Snapshot) -> list[PassObserver]:
+    def _pass_observers(self, snapshot: Snapshot) -> list[PassObserver]:
         passes: list[PassObserver] = []
         for observer in self.observers:
             try:
@@ -271,12 +414,13 @@ class Worker:
                 log.exception("run observer %r failed", observer)
         return passes
 
-    async def _execute_pass(self, lease: Lease, journal: StoreJournal) -> None:
+    async def _execute_pass(self, lease: Lease, journal: StoreJournal) -> Snapshot | None:
+        """Returns the snapshot the pass ended with (None: an unregistered workflow)."""
         snapshot = lease.run.snapshot
         workflow = self.registry.get(snapshot.workflow_id)
         if workflow is None:
             await _fail_unknown_workflow(journal, snapshot)
-            return
+            return None
         cancel = asyncio.Event()
         if lease.run.cancel_requested:
             cancel.set()
@@ -286,6 +430,7 @@ class Worker:
             final = await Execution(workflow, snapshot, journal, cancel_event=cancel).run()
             if final.status is RunStatus.WAITING:
                 self._timer_set.set()
+            return final
         finally:
             heartbeat.cancel()
             self._cancel_events.pop(lease.run_id, None)

@@ -8,6 +8,8 @@ Ownership rules the interface enforces:
   Its writes carry that fence; a write with a stale fence raises `LeaseLost`.
 - Every write stores the whole snapshot and appends its events in one atomic step; events get
   dense sequence numbers from 1. No other way exists to append an event.
+- A run may also be created already held (`create(..., lease_owner=...)`): the replica
+  that accepted it executes it at once, without a trip through the queue.
 - Cancel of a held run only raises a flag (`request_cancel`); the holder sees it in the
   result of its next write and through `cancel_requests()`.
 """
@@ -18,7 +20,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ..model import Event, RunStatus, Snapshot
+from ..model import Event, RunStatus, Snapshot, SnapshotImage
 
 # How long a queued (or claimed) run may wait for a worker before `recover` queues it again.
 # A queue entry is only lost in a crash, so this is long: a backlog just waits.
@@ -42,6 +44,8 @@ class CreateOutcome:
     created: bool
     # The stored run: the new one, or the one that already had this run id.
     run: StoredRun
+    # The new run's lease when it was created held (`lease_owner`); else None.
+    lease: Lease | None = None
 
 
 @dataclass(frozen=True)
@@ -100,17 +104,23 @@ class Store(Protocol):
         """False for the in-process store."""
         ...
 
-    async def create(self, snapshot: Snapshot) -> CreateOutcome:
-        """Record a new PENDING run and queue it for execution, atomically with respect to
-        other creates of the same run id. If the id exists, nothing is written and the
-        existing run is returned with `created=False`."""
+    async def create(
+        self, snapshot: Snapshot, *, lease_owner: str = "", lease_ttl: float = 0.0
+    ) -> CreateOutcome:
+        """Record a new PENDING run, atomically with respect to other creates of the same run
+        id. If the id exists, nothing is written and the existing run is returned with
+        `created=False`.
+
+        Without `lease_owner` the run is queued for any worker. With it, the run is created
+        held by that owner for `lease_ttl` seconds (fence 1, returned as `lease`) and is not
+        queued: the caller executes it, and the watchdog recovers it if the caller dies."""
         ...
 
     async def get(self, run_id: str) -> StoredRun | None: ...
 
     async def write(
         self,
-        snapshot: Snapshot,
+        snapshot: Snapshot | SnapshotImage,
         events: Sequence[Event] = (),
         *,
         fence: int | None = None,

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from ..errors import LeaseLost, RunNotFound, StoreConflict
-from ..model import Event, RunStatus, Snapshot
+from ..model import Event, RunStatus, Snapshot, SnapshotImage
 from .base import (
     CLAIM_GRACE,
     CreateOutcome,
@@ -95,8 +95,11 @@ class MemoryStore:
     def durable(self) -> bool:
         return False
 
-    async def create(self, snapshot: Snapshot) -> CreateOutcome:
-        """Record a new run and queue it; an existing id is returned untouched."""
+    async def create(
+        self, snapshot: Snapshot, *, lease_owner: str = "", lease_ttl: float = 0.0
+    ) -> CreateOutcome:
+        """Record a new run and queue it (or hold it for `lease_owner`); an existing id is
+        returned untouched."""
         now = time.time()
         existing = self._runs.get(snapshot.run_id)
         if existing is not None:
@@ -108,6 +111,12 @@ class MemoryStore:
             created_at=snapshot.created_at,
         )
         self._runs[snapshot.run_id] = run
+        if lease_owner:
+            run.fence, run.lease_owner, run.lease_until = 1, lease_owner, now + lease_ttl
+            self._watchdog[snapshot.run_id] = run.lease_until
+            stored = run.stored(now)
+            lease = Lease(run_id=snapshot.run_id, fence=1, run=stored)
+            return CreateOutcome(created=True, run=stored, lease=lease)
         self._enqueue(snapshot.run_id)
         self._watchdog[snapshot.run_id] = now + CLAIM_GRACE
         return CreateOutcome(created=True, run=run.stored(now))
@@ -118,7 +127,7 @@ class MemoryStore:
 
     async def write(
         self,
-        snapshot: Snapshot,
+        snapshot: Snapshot | SnapshotImage,
         events: Sequence[Event] = (),
         *,
         fence: int | None = None,
@@ -129,23 +138,24 @@ class MemoryStore:
         """Store the snapshot and append the events under exactly one guard (see `Store`)."""
         if (fence is None) == (expected_version is None):
             raise ValueError("write needs exactly one guard: fence or expected_version")
+        image = SnapshotImage.of(snapshot)
         # Before any check, so that a value JSON cannot hold fails with nothing changed.
-        stored_snapshot = _through_json(snapshot)
+        stored_snapshot = image.load()
         stored_events = [_through_json(event) for event in events]
-        run = self._runs.get(snapshot.run_id)
+        run = self._runs.get(image.run_id)
         if run is None:
-            raise RunNotFound(snapshot.run_id)
+            raise RunNotFound(image.run_id)
         if fence is not None:
             # A released lease keeps its fence number, so the owner must be checked too.
             if run.fence != fence or not run.lease_owner:
-                raise LeaseLost(f"fence {fence} of run {snapshot.run_id!r} is stale")
+                raise LeaseLost(f"fence {fence} of run {image.run_id!r} is stale")
         else:
             if run.version != expected_version:
                 raise StoreConflict(
-                    f"run {snapshot.run_id!r} is at version {run.version}, not {expected_version}"
+                    f"run {image.run_id!r} is at version {run.version}, not {expected_version}"
                 )
             if run.leased(time.time()):
-                raise StoreConflict(f"run {snapshot.run_id!r} is held by a lease")
+                raise StoreConflict(f"run {image.run_id!r} is held by a lease")
             # An expired holder must not write over this unheld change when it wakes up.
             run.end_lease()
         cancel_requested = run.cancel
@@ -155,13 +165,13 @@ class MemoryStore:
         run.version += 1
         if release:
             run.end_lease()
-        if snapshot.status.settled:
+        if image.status.settled:
             # A cancel request targets the execution in progress; once settled it is moot.
             run.cancel = False
         if wake_at is not None:
-            self._timers[snapshot.run_id] = wake_at
-        if not snapshot.status.settled and (expected_version is not None or release):
-            self._watchdog[snapshot.run_id] = (wake_at or time.time()) + CLAIM_GRACE
+            self._timers[image.run_id] = wake_at
+        if not image.status.settled and (expected_version is not None or release):
+            self._watchdog[image.run_id] = (wake_at or time.time()) + CLAIM_GRACE
         outcome = WriteOutcome(
             version=run.version, last_sequence=len(run.events), cancel_requested=cancel_requested
         )

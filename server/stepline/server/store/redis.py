@@ -24,10 +24,11 @@ from redis import exceptions as redis_errors
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 from redis.typing import KeyT, StreamIdT
 
 from ..errors import LeaseLost, RunNotFound, StoreConflict, StoreUnavailable
-from ..model import Event, RunStatus, Snapshot
+from ..model import Event, RunStatus, Snapshot, SnapshotImage
 from . import scripts
 from .base import (
     CLAIM_GRACE,
@@ -42,6 +43,7 @@ from .base import (
 )
 from .keys import Keys
 from .paging import decode_cursor, encode_cursor, matches
+from .resp import Arg, Pipelined
 
 __all__ = ["RedisStore"]
 
@@ -87,6 +89,9 @@ class RedisStore:
         self._release = client.register_script(scripts.RELEASE)
         self._request_cancel = client.register_script(scripts.REQUEST_CANCEL)
         self._delete = client.register_script(scripts.DELETE)
+        self._scripts = [self._create, self._write, self._acquire, self._renew, self._release]
+        # The short commands of the run path go through one pipelining connection.
+        self._fast = Pipelined.like(client, command_timeout=self._grace)
 
     @classmethod
     def from_url(
@@ -116,14 +121,22 @@ class RedisStore:
     def durable(self) -> bool:
         return True
 
-    async def create(self, snapshot: Snapshot) -> CreateOutcome:
-        """Record a new run, then index and queue it; an existing id is returned untouched.
+    async def create(
+        self, snapshot: Snapshot, *, lease_owner: str = "", lease_ttl: float = 0.0
+    ) -> CreateOutcome:
+        """Record and index a new run in one round trip, then queue it (a second one) unless
+        it is held for `lease_owner`; an existing id is returned untouched.
 
-        The index sorted sets and the queue are global keys, which Redis Cluster does not let
-        one script touch together with the run's keys; so they are written in a second round
-        trip, only when the script created the run. If Redis dies between the two, the run
-        exists unlisted and unqueued until something re-drives it (`enqueue`)."""
+        The watchdog, the indexes and the queue are global keys, which Redis Cluster does not
+        let one script touch together with the run's keys; so they are plain commands in the
+        same pipeline. The watchdog deadline goes first: a crash right after the script still
+        gets the run queued by `recover`. Index entries are added only-if-absent, so an id
+        that already existed keeps its own; the rejected run's entries under other indexes
+        are taken out again (the collision path only)."""
         run_id = snapshot.run_id
+        now = time.time()
+        held = bool(lease_owner)
+        until = now + lease_ttl
         args = [
             snapshot.model_dump_json(),
             snapshot.status.value,
@@ -132,30 +145,39 @@ class RedisStore:
             repr(snapshot.created_at),
             repr(snapshot.updated_at),
             snapshot.request_id,
+            lease_owner,
+            repr(until),
         ]
-        now = time.time()
-        with _reachable():
-            # Watched before it exists: a crash before it is queued still gets it queued.
-            await self._redis.zadd(self._keys.watchdog, {run_id: now + CLAIM_GRACE})
-            reply = await self._create(keys=self._run_keys(run_id), args=args)
-            created = reply[0] == 1
-            if created:
-                pipe = self._redis.pipeline(transaction=False)
-                for index in self._keys.indexes(snapshot.workflow_id, snapshot.resource_id):
-                    pipe.zadd(index, {run_id: snapshot.created_at})
-                pipe.xadd(self._keys.queue, {"run_id": run_id})
-                await pipe.execute()
-        return CreateOutcome(created=created, run=_stored(reply[1:], now))
+        indexes = self._keys.indexes(snapshot.workflow_id, snapshot.resource_id)
+        commands: list[list[Arg]] = [
+            ["ZADD", self._keys.watchdog, until if held else now + CLAIM_GRACE, run_id],
+            self._scripted(self._create, self._run_keys(run_id), args),
+        ]
+        commands += [["ZADD", index, "NX", snapshot.created_at, run_id] for index in indexes]
+        replies = await self._pipeline(commands)
+        reply = replies[1]
+        created = reply[0] == 1
+        run = _stored(reply[1:], now)
+        if created and not held:
+            await self.enqueue(run_id)
+        if not created:
+            existing = run.snapshot
+            own = self._keys.indexes(existing.workflow_id, existing.resource_id)
+            stray = set(indexes) - set(own)
+            if stray:
+                await self._pipeline([["ZREM", index, run_id] for index in stray])
+        lease = Lease(run_id=run_id, fence=1, run=run) if created and held else None
+        return CreateOutcome(created=created, run=run, lease=lease)
 
     async def get(self, run_id: str) -> StoredRun | None:
         now = time.time()
         with _reachable():
-            fields = await self._redis.hmget(self._keys.run(run_id), scripts.RUN_FIELDS)
+            fields = await self._fast.execute("HMGET", self._keys.run(run_id), *scripts.RUN_FIELDS)
         return None if fields[0] is None else _stored(fields, now)
 
     async def write(
         self,
-        snapshot: Snapshot,
+        snapshot: Snapshot | SnapshotImage,
         events: Sequence[Event] = (),
         *,
         fence: int | None = None,
@@ -166,35 +188,40 @@ class RedisStore:
         """Store the snapshot and append the events in one script (see `Store.write`).
 
         A timer (`wake_at`) lives in a global sorted set that the script can't touch under
-        Redis Cluster, so it is added first: if the write then fails, the timer only queues
-        a run that acquiring then ignores; a timer is never lost after a successful write."""
+        Redis Cluster, so it is added before the script, in the same pipeline: if the write
+        then fails, the timer only queues a run that acquiring then ignores; a timer is never
+        lost after a successful write."""
         if fence is not None and expected_version is None:
             guard = ["fence", str(fence)]
         elif fence is None and expected_version is not None:
             guard = ["version", str(expected_version)]
         else:
             raise ValueError("write needs exactly one guard: fence or expected_version")
-        run_id = snapshot.run_id
+        image = SnapshotImage.of(snapshot)
+        run_id = image.run_id
+        settled = image.status.settled
         args = [
             *guard,
             repr(time.time()),
             "1" if release else "0",
-            "1" if snapshot.status.settled else "0",
-            snapshot.model_dump_json(),
-            snapshot.status.value,
-            repr(snapshot.updated_at),
-            snapshot.request_id,
+            "1" if settled else "0",
+            image.json,
+            image.status.value,
+            repr(image.updated_at),
+            image.request_id,
             # The sequence lives in the entry id, so it is left out of the entry.
             *(event.model_dump_json(exclude={"sequence"}) for event in events),
         ]
-        with _reachable():
-            if wake_at is not None:
-                await self._redis.zadd(self._keys.timers, {run_id: wake_at})
-            if not snapshot.status.settled and (expected_version is not None or release):
-                # Nothing will hold the run after this write: watch it until something does.
-                deadline = (wake_at or time.time()) + CLAIM_GRACE
-                await self._redis.zadd(self._keys.watchdog, {run_id: deadline})
-            reply = await self._write(keys=self._run_keys(run_id), args=args)
+
+        commands: list[list[Arg]] = []
+        if wake_at is not None:
+            commands.append(["ZADD", self._keys.timers, wake_at, run_id])
+        if not settled and (expected_version is not None or release):
+            # Nothing will hold the run after this write: watch it until something does.
+            deadline = (wake_at or time.time()) + CLAIM_GRACE
+            commands.append(["ZADD", self._keys.watchdog, deadline, run_id])
+        commands.append(self._scripted(self._write, self._run_keys(run_id), args))
+        reply = (await self._pipeline(commands))[-1]
         match reply[0]:
             case "ok":
                 return WriteOutcome(
@@ -225,21 +252,22 @@ class RedisStore:
         renewed = await self._watched(self._renew, run_id, [str(fence), repr(until)], until)
         return bool(renewed == 1)
 
-    async def _watched(self, script: Any, run_id: str, args: list[str], deadline: float) -> Any:
+    async def _watched(
+        self, script: AsyncScript, run_id: str, args: list[str], deadline: float
+    ) -> Any:
         """Run a lease script with the run's watchdog deadline set in the same round trip.
 
         The deadline is set even when the script refuses: `recover` checks the run hash
         before acting on a deadline, so a spare one costs a read, never a wrong re-queue."""
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.zadd(self._keys.watchdog, {run_id: deadline})
-        await script(keys=[self._keys.run(run_id)], args=args, client=pipe)
-        with _reachable():
-            _, reply = await pipe.execute()
-        return reply
+        commands: list[list[Arg]] = [
+            ["ZADD", self._keys.watchdog, deadline, run_id],
+            self._scripted(script, [self._keys.run(run_id)], args),
+        ]
+        return (await self._pipeline(commands))[1]
 
     async def release(self, run_id: str, fence: int) -> None:
-        with _reachable():
-            await self._release(keys=[self._keys.run(run_id)], args=[str(fence)])
+        release = self._scripted(self._release, [self._keys.run(run_id)], [str(fence)])
+        await self._pipeline([release])
 
     async def request_cancel(self, run_id: str) -> bool:
         args = [repr(time.time()), self._keys.cancel_channel, run_id]
@@ -264,8 +292,7 @@ class RedisStore:
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def enqueue(self, run_id: str) -> None:
-        with _reachable():
-            await self._redis.xadd(self._keys.queue, {"run_id": run_id})
+        await self._pipeline([["XADD", self._keys.queue, "*", "run_id", run_id]])
 
     async def fire_timers(self, now: float, limit: int = 100) -> float | None:
         """Queue due runs first, then drop their timers: a crash in between queues a run
@@ -342,23 +369,28 @@ class RedisStore:
         return max(0, int(length) - taken)
 
     async def ack(self, item: WorkItem) -> None:
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.xack(self._keys.queue, self._keys.group, item.token)
-        pipe.xdel(self._keys.queue, item.token)
-        with _reachable():
-            await pipe.execute()
+        await self._pipeline(
+            [
+                ["XACK", self._keys.queue, self._keys.group, item.token],
+                ["XDEL", self._keys.queue, item.token],
+            ]
+        )
 
     async def read_events(self, run_id: str, after: int, limit: int = 1000) -> list[Event]:
         if limit < 1:
             raise ValueError("limit must be at least 1")
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.exists(self._keys.run(run_id))
-        pipe.xrange(self._keys.events(run_id), min=f"(0-{max(after, 0)}", count=limit)
-        with _reachable():
-            exists, entries = await pipe.execute()
+        replies = await self._pipeline(
+            [
+                ["MULTI"],
+                ["EXISTS", self._keys.run(run_id)],
+                ["XRANGE", self._keys.events(run_id), f"(0-{max(after, 0)}", "+", "COUNT", limit],
+                ["EXEC"],
+            ]
+        )
+        exists, entries = replies[-1]
         if not exists:
             raise RunNotFound(run_id)
-        return _events(entries)
+        return _raw_events(entries)
 
     # `timeout` is the Store interface's name for the bound.
     async def wait_events(self, run_id: str, after: int, timeout: float) -> list[Event]:
@@ -446,11 +478,40 @@ class RedisStore:
 
     async def close(self) -> None:
         """Close the clients this store created (not a client passed in)."""
+        await self._fast.close()
         for client in self._owned:
             await client.aclose()
 
     def _run_keys(self, run_id: str) -> list[str]:
         return [self._keys.run(run_id), self._keys.events(run_id)]
+
+    @staticmethod
+    def _scripted(script: AsyncScript, keys: list[str], args: list[str]) -> list[Arg]:
+        """A script call by its digest alone (see `_pipeline`)."""
+        return ["EVALSHA", script.sha, len(keys), *keys, *args]
+
+    async def _pipeline(self, commands: list[list[Arg]]) -> list[Any]:
+        """Send `commands` in one round trip on the pipelining connection; their replies.
+
+        Scripts go by digest (`_scripted`); only when Redis has lost them (a restart, SCRIPT
+        FLUSH) are they loaded and the commands sent again. That is safe because a script
+        answered NOSCRIPT did not run, and the plain commands sent beside scripts may run
+        twice (watchdog deadlines, only-if-absent index entries, a timer)."""
+        for attempt in range(2):
+            with _reachable():
+                replies = await self._fast.pipeline(commands)
+            missing = any(isinstance(reply, redis_errors.NoScriptError) for reply in replies)
+            if missing and attempt == 0:
+                with _reachable():
+                    for script in self._scripts:
+                        await self._redis.script_load(script.script)
+                continue
+            with _reachable():
+                for reply in replies:
+                    if isinstance(reply, Exception):
+                        raise reply
+            return replies
+        raise AssertionError("unreachable")
 
     async def _read_group(self, consumer: str, count: int, block: float) -> Any:
         async with asyncio.timeout(max(block, 0.0) + self._grace):
@@ -527,6 +588,14 @@ def _stored(fields: Sequence[Any], now: float) -> StoredRun:
         cancel_requested=cancel == "1",
         leased=bool(owner) and float(lease_until) >= now,
     )
+
+
+def _raw_events(entries: Any) -> list[Event]:
+    """Events from a raw XRANGE reply: [[entry id, [field, value]], ...]."""
+    return [
+        Event.model_validate_json(fields[1]).model_copy(update={"sequence": _sequence(entry_id)})
+        for entry_id, fields in entries or []
+    ]
 
 
 def _events(entries: Any) -> list[Event]:

@@ -42,7 +42,9 @@ end
 )
 
 # KEYS: run hash, events stream.
-# ARGV: snap, status, workflow_id, resource_id, created_at, updated_at, request_id.
+# ARGV: snap, status, workflow_id, resource_id, created_at, updated_at, request_id,
+#       lease owner ('' for none), lease_until.
+# A run created held starts at fence 1, as if its creator had acquired it.
 CREATE = (
     _PRELUDE
     + """
@@ -51,10 +53,12 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
 end
 -- A stream left behind by anything would make XADD of 0-1 fail later.
 redis.call('DEL', KEYS[2])
+local held = ARGV[8] ~= ''
 redis.call('HSET', KEYS[1],
   'snap', ARGV[1], 'status', ARGV[2], 'workflow_id', ARGV[3], 'resource_id', ARGV[4],
   'created_at', ARGV[5], 'updated_at', ARGV[6], 'request_id', ARGV[7],
-  'ver', 1, 'seq', 0, 'fence', 0, 'lease_owner', '', 'lease_until', 0, 'cancel', 0)
+  'ver', 1, 'seq', 0, 'fence', held and 1 or 0, 'lease_owner', ARGV[8],
+  'lease_until', held and ARGV[9] or 0, 'cancel', 0)
 return {1, unpack(run_fields(KEYS[1]))}
 """
 )
