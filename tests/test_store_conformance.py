@@ -26,6 +26,7 @@ from stepline.server.errors import (
 )
 from stepline.server.model import Event, EventType, RunStatus, Snapshot
 from stepline.server.store import (
+    MemoryStore,
     RedisStore,
     RunFilter,
     Store,
@@ -729,6 +730,96 @@ async def test_a_deleted_id_can_be_created_again(store: Store) -> None:
     ]
 
 
+# -- retention and trimming ------------------------------------------------------------------
+
+RETENTION = 0.3  # seconds a finished run is kept by `limited_store`
+KEPT_EVENTS = 5  # events kept per run by `limited_store`
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def limited_store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    """A store that keeps finished runs RETENTION seconds and KEPT_EVENTS events per run."""
+    if request.param == "memory":
+        yield MemoryStore(retention=RETENTION, max_events=KEPT_EVENTS)
+        return
+    url: str = request.getfixturevalue("redis_server")  # a prefix of its own keeps it apart
+    limited = RedisStore.from_url(
+        url, prefix=_prefix(), retention=RETENTION, max_events=KEPT_EVENTS
+    )
+    try:
+        yield limited
+    finally:
+        await limited.close()
+
+
+async def _settle(store: Store, status: RunStatus, run_id: str = "run-1") -> WriteOutcome:
+    fence = await held(store, run_id)
+    done = snapshot(run_id, status=status)
+    return await store.write(done, events("last"), fence=fence, release=True)
+
+
+@pytest.mark.parametrize("status", [SUCCESS, FAILED, CANCELED])
+async def test_a_finished_run_is_forgotten_after_the_retention(
+    limited_store: Store, status: RunStatus
+) -> None:
+    await _settle(limited_store, status)
+    assert await limited_store.get("run-1") is not None  # kept until then
+
+    await asyncio.sleep(RETENTION + 0.3)
+
+    assert await limited_store.sweep_expired(time.time()) in (0, 1)
+    assert await limited_store.get("run-1") is None
+    with pytest.raises(RunNotFound):
+        await limited_store.read_events("run-1", 0)
+    assert (await limited_store.list_runs(RunFilter(), 10, "")).rows == []
+    assert (await limited_store.list_runs(RunFilter(workflow_id="wf"), 10, "")).rows == []
+    assert not await limited_store.delete("run-1")
+    assert (await limited_store.create(snapshot("run-1"))).created  # the id is free again
+
+
+async def test_unfinished_runs_are_kept(limited_store: Store) -> None:
+    await _settle(limited_store, SUSPENDED, "suspended")
+    await held(limited_store, "running")
+    await create(limited_store, "pending")
+
+    await asyncio.sleep(RETENTION + 0.3)
+
+    assert await limited_store.sweep_expired(time.time()) == 0
+    for run_id in ("suspended", "running", "pending"):
+        assert await limited_store.get(run_id) is not None
+    assert len((await limited_store.list_runs(RunFilter(), 10, "")).rows) == 3
+
+
+async def test_a_write_after_finishing_keeps_the_run_again(limited_store: Store) -> None:
+    outcome = await _settle(limited_store, SUCCESS)
+    rerun = snapshot(status=RUNNING)  # e.g. time travel
+    await limited_store.write(rerun, events("again"), expected_version=outcome.version)
+
+    await asyncio.sleep(RETENTION + 0.3)
+
+    assert await limited_store.sweep_expired(time.time()) == 0
+    stored = await get(limited_store)
+    assert stored.snapshot.status is RUNNING
+    assert [row.run_id for row in (await limited_store.list_runs(RunFilter(), 10, "")).rows] == [
+        "run-1"
+    ]
+
+
+async def test_the_log_keeps_the_latest_events(limited_store: Store) -> None:
+    fence = await held(limited_store)
+    for step in range(1, 9):
+        outcome = await limited_store.write(
+            snapshot(status=RUNNING), events(f"s{step}"), fence=fence
+        )
+    assert outcome.last_sequence == 8
+    assert await limited_store.first_kept_sequence("run-1") == 8 - KEPT_EVENTS + 1
+    kept = await limited_store.read_events("run-1", 0)
+    assert [e.sequence for e in kept] == [4, 5, 6, 7, 8]
+    assert step_ids(kept) == ["s4", "s5", "s6", "s7", "s8"]
+    assert [e.sequence for e in await limited_store.read_events("run-1", 6)] == [7, 8]
+    assert (await get(limited_store)).last_sequence == 8
+
+
 # -- Redis only ------------------------------------------------------------------------------
 
 
@@ -884,3 +975,43 @@ async def _blocking_reads_work(store: Store) -> None:
     await asyncio.sleep(0.5)
     await store.write(snapshot(status=RUNNING), events("a"), fence=fence)
     assert step_ids(await asyncio.wait_for(waiter, 5)) == ["a"]
+
+
+async def test_abandoned_queue_entries_are_reclaimed(redis_url: str) -> None:
+    store = RedisStore.from_url(redis_url, prefix=_prefix())
+    admin = Redis.from_url(redis_url, decode_responses=True)
+    try:
+        await create(store, "run-1")
+        await create(store, "run-2")
+        taken = await store.dequeue("dead-worker", 10, 0)
+        assert len(taken) == 2
+        await store.ack(taken[1])  # only the first one is left pending by the dead worker
+        keys = Keys(store._keys.prefix)
+
+        assert await store.reclaim_abandoned(min_idle=60) == 0  # not idle long enough
+        assert await store.reclaim_abandoned(min_idle=0) == 1
+        assert (await admin.xpending(keys.queue, keys.group))["pending"] == 0
+        assert await admin.xlen(keys.queue) == 0
+        assert await store.reclaim_abandoned(min_idle=0) == 0
+        assert await store.get("run-1") is not None  # the run itself is untouched
+    finally:
+        await store.close()
+        await admin.aclose()
+
+
+async def test_expired_runs_leave_no_keys_behind(redis_url: str) -> None:
+    store = RedisStore.from_url(redis_url, prefix=_prefix(), retention=RETENTION)
+    admin = Redis.from_url(redis_url, decode_responses=True)
+    try:
+        await _settle(store, SUCCESS, "done")
+        await held(store, "running")
+        await asyncio.sleep(RETENTION + 0.3)
+        assert await store.sweep_expired(time.time()) == 1
+        keys = Keys(store._keys.prefix)
+        assert await admin.zrange(keys.index_all, 0, -1) == ["running"]
+        assert await admin.zrange(keys.index_workflow("wf"), 0, -1) == ["running"]
+        assert await admin.zcard(keys.expiring) == 0
+        assert not await admin.exists(keys.run("done"), keys.events("done"))
+    finally:
+        await store.close()
+        await admin.aclose()

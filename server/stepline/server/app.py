@@ -38,9 +38,16 @@ PROBE_TIMEOUT = 2.0
 
 
 def open_store(settings: Settings) -> Store:
+    retention = settings.run_retention or None
+    max_events = settings.max_events_per_run
     if settings.redis_url:
-        return RedisStore.from_url(settings.redis_url, prefix=settings.redis_prefix)
-    return MemoryStore()
+        return RedisStore.from_url(
+            settings.redis_url,
+            prefix=settings.redis_prefix,
+            retention=retention,
+            max_events=max_events,
+        )
+    return MemoryStore(retention=retention, max_events=max_events)
 
 
 def load_registry(settings: Settings) -> Registry:

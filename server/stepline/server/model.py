@@ -178,6 +178,8 @@ class SnapshotImage:
     later write stores exactly what was committed, whatever the live snapshot became since."""
 
     run_id: str
+    workflow_id: str
+    resource_id: str
     status: RunStatus
     request_id: str
     updated_at: float
@@ -189,6 +191,8 @@ class SnapshotImage:
             return snapshot
         return cls(
             run_id=snapshot.run_id,
+            workflow_id=snapshot.workflow_id,
+            resource_id=snapshot.resource_id,
             status=snapshot.status,
             request_id=snapshot.request_id,
             updated_at=snapshot.updated_at,

@@ -34,6 +34,11 @@ class Settings(BaseSettings):
     max_concurrent_runs: int = Field(default=64, ge=1)
     lease_ttl: float = Field(default=5.0, gt=0)
     shutdown_grace: float = Field(default=10.0, ge=0)
+    # Seconds a finished (success, failed, canceled) run is kept after its last change;
+    # 0 keeps runs until they are deleted.
+    run_retention: float = Field(default=7 * 24 * 3600.0, ge=0)
+    # Events kept per run; older ones are trimmed (a Watch from before them is OUT_OF_RANGE).
+    max_events_per_run: int = Field(default=100_000, ge=10)
     reflection: bool = True
 
     # -- transport limits and keepalive --------------------------------------------------------

@@ -60,6 +60,10 @@ _DEFERRABLE = frozenset({EventType.WORKFLOW_START, EventType.STEP_START, EventTy
 # How long a deferrable transition may wait for the next write before it is sent on its own,
 # so that a long step's step-start still reaches watchers promptly.
 WRITE_BEHIND = 0.002
+# Seconds between two rounds of expiry and queue clean-up, and the most runs one round
+# forgets (a full round is followed by another at once).
+HOUSEKEEPING_INTERVAL = 5.0
+HOUSEKEEPING_BATCH = 500
 
 
 class StoreJournal:
@@ -260,6 +264,7 @@ class Worker:
             asyncio.create_task(self._listen_cancels(), name="stepline-cancels"),
             asyncio.create_task(self._fire_timers(), name="stepline-timers"),
             asyncio.create_task(self._recover(), name="stepline-recovery"),
+            asyncio.create_task(self._housekeeping(), name="stepline-housekeeping"),
         ]
 
     async def stop(self, grace: float = 10.0) -> None:
@@ -338,6 +343,19 @@ class Worker:
             for run_id in orphans:
                 log.warning("recovering run %s: nothing held it past its deadline", run_id)
             await asyncio.sleep(interval)
+
+    async def _housekeeping(self) -> None:
+        """Forget expired runs and drop queue entries abandoned by dead workers, on every
+        replica (each step is safe to run twice)."""
+        while not self._stopping.is_set():
+            try:
+                # A backlog goes a batch per round, between other work.
+                swept = await self.store.sweep_expired(now(), limit=HOUSEKEEPING_BATCH)
+                await self.store.reclaim_abandoned(min_idle=CLAIM_GRACE)
+            except StoreUnavailable:
+                swept = 0
+            if swept < HOUSEKEEPING_BATCH:
+                await asyncio.sleep(HOUSEKEEPING_INTERVAL)
 
     # -- one run ---------------------------------------------------------------------------
     async def _run(self, item: WorkItem | None, lease: Lease | None = None) -> None:

@@ -201,7 +201,8 @@ class Store(Protocol):
         ...
 
     async def first_kept_sequence(self, run_id: str) -> int:
-        """The lowest sequence still stored (1 unless the log was trimmed)."""
+        """The lowest sequence still stored (1 unless the log was trimmed: a store made with
+        `max_events` keeps only that many of a run's latest events)."""
         ...
 
     async def list_runs(self, filter: RunFilter, limit: int, cursor: str) -> Page:
@@ -210,6 +211,19 @@ class Store(Protocol):
 
     async def delete(self, run_id: str) -> bool:
         """Remove the run's snapshot, events and index entries. False if it did not exist."""
+        ...
+
+    async def sweep_expired(self, now: float, limit: int = 100) -> int:
+        """Forget finished runs whose retention ran out (a store made with a retention keeps
+        a finished run that long after its last write; any later write, e.g. time travel,
+        keeps it again). Their snapshot and events are gone from the moment they expire;
+        this takes them out of listings and bookkeeping. Returns how many it cleaned up."""
+        ...
+
+    async def reclaim_abandoned(self, min_idle: float, limit: int = 100) -> int:
+        """Drop queue entries a worker took at least `min_idle` seconds ago and never
+        acknowledged (it died). Runs are recovered by `recover`; this keeps the queue's
+        bookkeeping bounded. Returns how many entries it dropped."""
         ...
 
     async def close(self) -> None: ...

@@ -8,7 +8,7 @@ glob character or whitespace in a key, so no run id can reach another run's keys
 
 from __future__ import annotations
 
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 __all__ = ["Keys", "encode"]
 
@@ -37,6 +37,9 @@ class Keys:
         # Unsettled runs scored by when something must have happened to them (lease expiry,
         # or a claim's grace); `recover` re-queues the ones nothing holds past that time.
         self.watchdog = f"{prefix}:watchdog"
+        # Finished runs scored by when their keys expire, so that `sweep_expired` can take
+        # them out of the indexes (see `expiring`).
+        self.expiring = f"{prefix}:expiring"
 
     def run(self, run_id: str) -> str:
         """The run's hash: snapshot JSON plus version, sequence, lease and cancel fields."""
@@ -51,6 +54,18 @@ class Keys:
 
     def index_resource(self, resource_id: str) -> str:
         return f"{self.prefix}:idx:res:{encode(resource_id)}"
+
+    @staticmethod
+    def expiring_member(run_id: str, workflow_id: str, resource_id: str) -> str:
+        """The `expiring` entry of a run: its ids, encoded (so free of spaces), space-joined."""
+        return " ".join(encode(value) for value in (run_id, workflow_id, resource_id))
+
+    @staticmethod
+    def parse_expiring_member(member: str) -> tuple[str, str, str]:
+        run_id, workflow_id, resource_id = (
+            "" if part == "%" else unquote(part) for part in member.split(" ")
+        )
+        return run_id, workflow_id, resource_id
 
     def indexes(self, workflow_id: str, resource_id: str) -> list[str]:
         """Every sorted set a run with these ids is listed in (score = created_at)."""

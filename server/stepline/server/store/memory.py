@@ -48,6 +48,15 @@ class _Run:
     lease_owner: str = ""
     lease_until: float = 0.0
     cancel: bool = False
+    # Events dropped from the front of the log (the per-run cap): `events[0]` has sequence
+    # `trimmed + 1`.
+    trimmed: int = 0
+    # When a finished run is forgotten (None: kept).
+    expires_at: float | None = None
+
+    @property
+    def last_sequence(self) -> int:
+        return self.trimmed + len(self.events)
 
     def leased(self, now: float) -> bool:
         return bool(self.lease_owner) and self.lease_until >= now
@@ -60,7 +69,7 @@ class _Run:
         return StoredRun(
             snapshot=self.snapshot.model_copy(deep=True),
             version=self.version,
-            last_sequence=len(self.events),
+            last_sequence=self.last_sequence,
             cancel_requested=self.cancel,
             leased=self.leased(now),
         )
@@ -79,7 +88,11 @@ class _Run:
 class MemoryStore:
     """A `Store` that lives in this process and this event loop; nothing is durable."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, retention: float | None = None, max_events: int | None = None) -> None:
+        """`retention`: seconds a finished run is kept (None: forever); `max_events`: events
+        kept per run, the oldest dropped beyond it (None: all)."""
+        self._retention = retention
+        self._max_events = max_events
         self._runs: dict[str, _Run] = {}
         # Notified whenever events are appended; event-log readers wait on it.
         self._appended = asyncio.Condition()
@@ -101,7 +114,7 @@ class MemoryStore:
         """Record a new run and queue it (or hold it for `lease_owner`); an existing id is
         returned untouched."""
         now = time.time()
-        existing = self._runs.get(snapshot.run_id)
+        existing = self._live(snapshot.run_id)
         if existing is not None:
             return CreateOutcome(created=False, run=existing.stored(now))
         run = _Run(
@@ -122,7 +135,7 @@ class MemoryStore:
         return CreateOutcome(created=True, run=run.stored(now))
 
     async def get(self, run_id: str) -> StoredRun | None:
-        run = self._runs.get(run_id)
+        run = self._live(run_id)
         return None if run is None else run.stored(time.time())
 
     async def write(
@@ -142,7 +155,7 @@ class MemoryStore:
         # Before any check, so that a value JSON cannot hold fails with nothing changed.
         stored_snapshot = image.load()
         stored_events = [_through_json(event) for event in events]
-        run = self._runs.get(image.run_id)
+        run = self._live(image.run_id)
         if run is None:
             raise RunNotFound(image.run_id)
         if fence is not None:
@@ -161,7 +174,13 @@ class MemoryStore:
         cancel_requested = run.cancel
         run.snapshot = stored_snapshot
         for event in stored_events:
-            run.events.append(event.model_copy(update={"sequence": len(run.events) + 1}))
+            run.events.append(event.model_copy(update={"sequence": run.last_sequence + 1}))
+        if self._max_events is not None and len(run.events) > self._max_events:
+            dropped = len(run.events) - self._max_events
+            del run.events[:dropped]
+            run.trimmed += dropped
+        finished = image.status.finished
+        run.expires_at = time.time() + self._retention if finished and self._retention else None
         run.version += 1
         if release:
             run.end_lease()
@@ -173,7 +192,7 @@ class MemoryStore:
         if not image.status.settled and (expected_version is not None or release):
             self._watchdog[image.run_id] = (wake_at or time.time()) + CLAIM_GRACE
         outcome = WriteOutcome(
-            version=run.version, last_sequence=len(run.events), cancel_requested=cancel_requested
+            version=run.version, last_sequence=run.last_sequence, cancel_requested=cancel_requested
         )
         if events:
             async with self._appended:
@@ -183,7 +202,7 @@ class MemoryStore:
     async def acquire(self, run_id: str, owner: str, ttl: float) -> Lease | None:
         """Lease a PENDING/RUNNING/WAITING run that no live lease holds; bumps the fence."""
         now = time.time()
-        run = self._runs.get(run_id)
+        run = self._live(run_id)
         if run is None or not _acquirable(run.snapshot.status) or run.leased(now):
             return None
         run.fence += 1
@@ -193,7 +212,7 @@ class MemoryStore:
         return Lease(run_id=run_id, fence=run.fence, run=run.stored(now))
 
     async def renew(self, run_id: str, fence: int, ttl: float) -> bool:
-        run = self._runs.get(run_id)
+        run = self._live(run_id)
         if run is None or run.fence != fence or not run.lease_owner:
             return False
         run.lease_until = time.time() + ttl
@@ -201,12 +220,12 @@ class MemoryStore:
         return True
 
     async def release(self, run_id: str, fence: int) -> None:
-        run = self._runs.get(run_id)
+        run = self._live(run_id)
         if run is not None and run.fence == fence:
             run.end_lease()
 
     async def request_cancel(self, run_id: str) -> bool:
-        run = self._runs.get(run_id)
+        run = self._live(run_id)
         if run is None or not run.leased(time.time()):
             return False
         run.cancel = True
@@ -239,7 +258,7 @@ class MemoryStore:
         for run_id, deadline in sorted(self._watchdog.items(), key=lambda kv: kv[1])[:limit]:
             if deadline > now:
                 break
-            run = self._runs.get(run_id)
+            run = self._live(run_id)
             if run is None or run.snapshot.status.settled:
                 del self._watchdog[run_id]
             elif run.leased(now):
@@ -276,11 +295,11 @@ class MemoryStore:
     async def read_events(self, run_id: str, after: int, limit: int = 1000) -> list[Event]:
         if limit < 1:
             raise ValueError("limit must be at least 1")
-        run = self._runs.get(run_id)
+        run = self._live(run_id)
         if run is None:
             raise RunNotFound(run_id)
-        # Sequence n sits at index n - 1.
-        start = max(after, 0)
+        # Sequence n sits at index n - 1 - trimmed.
+        start = max(after - run.trimmed, 0)
         return [event.model_copy(deep=True) for event in run.events[start : start + limit]]
 
     # `timeout` is the Store interface's name for the bound.
@@ -296,15 +315,17 @@ class MemoryStore:
         return await self.read_events(run_id, after)
 
     async def first_kept_sequence(self, run_id: str) -> int:
-        if run_id not in self._runs:
+        run = self._live(run_id)
+        if run is None:
             raise RunNotFound(run_id)
-        # Nothing is ever trimmed here, and "last + 1" of an empty log is 1 as well.
-        return 1
+        # "last + 1" of an empty log is 1 as well.
+        return run.trimmed + 1
 
     async def list_runs(self, filter: RunFilter, limit: int, cursor: str) -> Page:
         if limit < 1:
             raise ValueError("limit must be at least 1")
         position = decode_cursor(cursor)
+        await self.sweep_expired(time.time(), limit=len(self._runs))
         rows = sorted(
             (row for run_id, run in self._runs.items() if matches(row := run.row(run_id), filter)),
             key=lambda row: (row.created_at, row.run_id),
@@ -316,18 +337,44 @@ class MemoryStore:
         return Page(rows=page, next_cursor=encode_cursor(page[-1]) if len(rows) > limit else "")
 
     async def delete(self, run_id: str) -> bool:
+        if self._live(run_id) is None:
+            return False
         self._timers.pop(run_id, None)
         self._watchdog.pop(run_id, None)
         return self._runs.pop(run_id, None) is not None
 
+    async def sweep_expired(self, now: float, limit: int = 100) -> int:
+        expired = [
+            run_id
+            for run_id, run in self._runs.items()
+            if run.expires_at is not None and run.expires_at <= now
+        ][:limit]
+        for run_id in expired:
+            self._live(run_id)  # drops it
+        return len(expired)
+
+    async def reclaim_abandoned(self, min_idle: float, limit: int = 100) -> int:
+        """Nothing to do: a taken item leaves the in-process queue at once."""
+        return 0
+
     async def close(self) -> None:
         """Nothing to release; stored runs stay readable."""
+
+    def _live(self, run_id: str) -> _Run | None:
+        """The run, unless it is gone or expired (then it is dropped now)."""
+        run = self._runs.get(run_id)
+        if run is not None and run.expires_at is not None and run.expires_at <= time.time():
+            self._timers.pop(run_id, None)
+            self._watchdog.pop(run_id, None)
+            del self._runs[run_id]
+            return None
+        return run
 
     def _enqueue(self, run_id: str) -> None:
         self._queue.put_nowait(WorkItem(run_id=run_id, token=str(next(self._tokens))))
 
     def _has_events_after(self, run_id: str, after: int) -> bool:
-        run = self._runs.get(run_id)
+        run = self._live(run_id)
         return run is not None and len(run.events) > after
 
 

@@ -64,15 +64,22 @@ class RedisStore:
         *,
         prefix: str = "stepline",
         blocking_client: Redis | None = None,
+        retention: float | None = None,
+        max_events: int | None = None,
     ) -> None:
         """Use `client` (which must decode responses; the caller keeps ownership of it).
 
         `blocking_client` serves BLOCK reads and pub/sub and should have no socket timeout;
-        when omitted, one is made from `client`'s settings and closed by `close()`."""
+        when omitted, one is made from `client`'s settings and closed by `close()`.
+        `retention`: seconds a finished run is kept (None: forever); `max_events`: events kept
+        per run, the oldest trimmed beyond it (None: all)."""
         options = client.connection_pool.connection_kwargs
         if not options.get("decode_responses"):
             raise ValueError("RedisStore needs a client created with decode_responses=True")
         self._keys = Keys(prefix)
+        self._retention_ms = "0" if not retention else str(max(1, round(retention * 1000)))
+        self._retention = retention
+        self._max_events = str(max_events or 0)
         self._redis = client
         self._owned: list[Redis] = []
         if blocking_client is None:
@@ -101,6 +108,8 @@ class RedisStore:
         prefix: str = "stepline",
         socket_timeout: float = 5.0,
         connect_timeout: float = 2.0,
+        retention: float | None = None,
+        max_events: int | None = None,
     ) -> RedisStore:
         """Connect to `url` (e.g. `redis://127.0.0.1:6379/0`); `close()` closes the clients.
 
@@ -113,7 +122,13 @@ class RedisStore:
         }
         client = Redis.from_url(url, socket_timeout=socket_timeout, **options)
         blocking = Redis.from_url(url, socket_timeout=None, **options)
-        store = cls(client, prefix=prefix, blocking_client=blocking)
+        store = cls(
+            client,
+            prefix=prefix,
+            blocking_client=blocking,
+            retention=retention,
+            max_events=max_events,
+        )
         store._owned += [client, blocking]
         return store
 
@@ -200,6 +215,7 @@ class RedisStore:
         image = SnapshotImage.of(snapshot)
         run_id = image.run_id
         settled = image.status.settled
+        finished = image.status.finished
         args = [
             *guard,
             repr(time.time()),
@@ -209,6 +225,9 @@ class RedisStore:
             image.status.value,
             repr(image.updated_at),
             image.request_id,
+            self._retention_ms,
+            self._max_events,
+            "1" if finished else "0",
             # The sequence lives in the entry id, so it is left out of the entry.
             *(event.model_dump_json(exclude={"sequence"}) for event in events),
         ]
@@ -220,6 +239,10 @@ class RedisStore:
             # Nothing will hold the run after this write: watch it until something does.
             deadline = (wake_at or time.time()) + CLAIM_GRACE
             commands.append(["ZADD", self._keys.watchdog, deadline, run_id])
+        if finished and self._retention:
+            expires = time.time() + self._retention
+            member = self._keys.expiring_member(run_id, image.workflow_id, image.resource_id)
+            commands.append(["ZADD", self._keys.expiring, expires, member])
         commands.append(self._scripted(self._write, self._run_keys(run_id), args))
         reply = (await self._pipeline(commands))[-1]
         match reply[0]:
@@ -475,6 +498,64 @@ class RedisStore:
             pipe.zrem(self._keys.watchdog, run_id)
             await pipe.execute()
         return True
+
+    async def sweep_expired(self, now: float, limit: int = 100) -> int:
+        """Take runs whose keys expired out of the indexes and the watchdog. A run still
+        there was written since (time travel) and is left alone."""
+        with _reachable():
+            members = await self._fast.execute(
+                "ZRANGEBYSCORE", self._keys.expiring, "-inf", now, "LIMIT", 0, limit
+            )
+        if not members:
+            return 0
+        runs = [self._keys.parse_expiring_member(member) for member in members]
+        exists = await self._pipeline([["EXISTS", self._keys.run(run_id)] for run_id, _, _ in runs])
+        commands: list[list[Arg]] = [["ZREM", self._keys.expiring, *members]]
+        gone = 0
+        for (run_id, workflow_id, resource_id), present in zip(runs, exists, strict=True):
+            if present:
+                continue
+            gone += 1
+            for key in (
+                *self._keys.indexes(workflow_id, resource_id),
+                self._keys.watchdog,
+                self._keys.timers,
+            ):
+                commands.append(["ZREM", key, run_id])
+        await self._pipeline(commands)
+        return gone
+
+    async def reclaim_abandoned(self, min_idle: float, limit: int = 100) -> int:
+        """Acknowledge and delete queue entries taken at least `min_idle` seconds ago and
+        never acknowledged: their consumer died. The runs themselves are the watchdog's
+        concern; this only keeps the queue's pending list from growing."""
+        command: list[Arg] = [
+            "XAUTOCLAIM",
+            self._keys.queue,
+            self._keys.group,
+            "stepline-housekeeping",
+            max(0, round(min_idle * 1000)),
+            "0-0",
+            "COUNT",
+            limit,
+            "JUSTID",
+        ]
+        with _reachable():
+            try:
+                reply = await self._fast.execute(*command)
+            except redis_errors.ResponseError as err:
+                if str(err).startswith("NOGROUP"):
+                    return 0
+                raise
+        ids = list(reply[1])
+        if ids:
+            await self._pipeline(
+                [
+                    ["XACK", self._keys.queue, self._keys.group, *ids],
+                    ["XDEL", self._keys.queue, *ids],
+                ]
+            )
+        return len(ids)
 
     async def close(self) -> None:
         """Close the clients this store created (not a client passed in)."""

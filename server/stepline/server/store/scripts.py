@@ -65,7 +65,10 @@ return {1, unpack(run_fields(KEYS[1]))}
 
 # KEYS: run hash, events stream.
 # ARGV: guard kind ('fence' | 'version'), guard value, now, release ('1' | '0'),
-#       settled ('1' | '0'), snap, status, updated_at, request_id, event JSON...
+#       settled ('1' | '0'), snap, status, updated_at, request_id,
+#       retention ms of a finished run ('0': kept), events kept per run ('0': all),
+#       finished ('1' | '0'), event JSON...
+# A finished run's two keys expire together after the retention; any other write keeps them.
 WRITE = (
     _PRELUDE
     + f"local EVENT_FIELD = '{EVENT_FIELD}'"
@@ -82,9 +85,20 @@ elseif run[3] ~= ARGV[2] or run[4] == '' then
   return {'stale_fence'}
 end
 local seq = tonumber(run[2])
-for i = 10, #ARGV do
+for i = 13, #ARGV do
   seq = seq + 1
   redis.call('XADD', KEYS[2], '0-' .. seq, EVENT_FIELD, ARGV[i])
+end
+local keep = tonumber(ARGV[11])
+if keep > 0 and seq > keep then
+  redis.call('XTRIM', KEYS[2], 'MINID', '0-' .. (seq - keep + 1))
+end
+if ARGV[12] == '1' and ARGV[10] ~= '0' then
+  redis.call('PEXPIRE', KEYS[1], ARGV[10])
+  redis.call('PEXPIRE', KEYS[2], ARGV[10])
+else
+  redis.call('PERSIST', KEYS[1])
+  redis.call('PERSIST', KEYS[2])
 end
 local ver = tonumber(run[1]) + 1
 redis.call('HSET', KEYS[1], 'snap', ARGV[6], 'status', ARGV[7], 'updated_at', ARGV[8],
