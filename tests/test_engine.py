@@ -418,3 +418,30 @@ async def test_watch_tails_a_live_run_across_suspend_and_resume(engine: Engine) 
     assert tail[0].sequence == run.last_sequence + 1
     assert tail[0].type is EventType.WORKFLOW_START and tail[0].data["reason"] == "resume"
     assert tail[-1].data["status"] == "success"
+
+
+async def test_watchers_of_one_run_share_the_blocking_reads(engine: Engine) -> None:
+    run = await engine.run("approval", {})
+    run_id = run.snapshot.run_id
+    reads = 0
+    wait_events = engine.store.wait_events
+
+    async def counted(run_id: str, after: int, timeout: float) -> list[Event]:
+        nonlocal reads
+        reads += 1
+        return await wait_events(run_id, after, timeout)
+
+    engine.store.wait_events = counted  # type: ignore[method-assign]
+    watchers = [
+        asyncio.create_task(collect(engine, run_id, after_sequence=run.last_sequence))
+        for _ in range(300)
+    ]
+    await asyncio.sleep(0.2)  # every watcher is waiting for the next event
+    await engine.service.resume(ResumeParams(run_id, resume_data={"approved": True}))
+    tails = await asyncio.gather(*watchers)
+
+    first = [e.sequence for e in tails[0]]
+    assert first[0] == run.last_sequence + 1 and tails[0][-1].data["status"] == "success"
+    assert all([e.sequence for e in tail] == first for tail in tails)
+    # One read per cursor the watchers pass through, not one per watcher.
+    assert reads <= 3 * len(first)

@@ -141,6 +141,8 @@ class RunService:
         self.runner = runner
         # Resolved by drain(): every wait and watch then ends with ShuttingDown.
         self._draining: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Blocking log reads in flight, by (run id, cursor), shared by their readers.
+        self._reads: dict[tuple[str, int], asyncio.Future[list[Event]]] = {}
 
     def drain(self) -> None:
         """End every wait and watch in progress (and refuse new ones) with ShuttingDown, so
@@ -157,16 +159,32 @@ class RunService:
             raise ShuttingDown
 
     async def _next_events(self, run_id: str, cursor: int, block: float) -> list[Event]:
-        """A blocking read of the log that a drain interrupts."""
+        """A blocking read of the log (up to `block` seconds) that a drain interrupts.
+
+        Readers of one run at one cursor share a single store read: a thousand watchers of a
+        run cost one blocking read per batch of events, not a thousand. A reader that stops
+        waiting (its own deadline, a drain, a cancelled call) leaves the read to the others."""
         if self._draining.done():
             raise ShuttingDown
-        read = asyncio.ensure_future(self.store.wait_events(run_id, cursor, block))
+        key = (run_id, cursor)
+        read = self._reads.get(key)
+        if read is None:
+            read = asyncio.ensure_future(self.store.wait_events(run_id, cursor, block))
+            self._reads[key] = read
+            read.add_done_callback(lambda done: self._read_over(key, done))
         waiters: set[asyncio.Future[Any]] = {read, self._draining}
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        if not read.done():
-            read.cancel()
+        await asyncio.wait(waiters, timeout=block, return_when="FIRST_COMPLETED")
+        if read.done():
+            return read.result()
+        if self._draining.done():
             raise ShuttingDown
-        return read.result()
+        return []  # this reader's block is over; the shared read goes on for the others
+
+    def _read_over(self, key: tuple[str, int], read: asyncio.Future[list[Event]]) -> None:
+        if self._reads.get(key) is read:
+            del self._reads[key]
+        if not read.cancelled():
+            read.exception()  # retrieved here, so an error nobody waited for is not reported
 
     # -- workflows -------------------------------------------------------------------------
     def list_workflows(self) -> list[Workflow]:

@@ -5,10 +5,11 @@ Layout (names in `keys.py`): the run hash holds the snapshot JSON and the store 
 cursor is a stream id; sorted sets index runs by created_at; a stream with one consumer group
 is the work queue; a pub/sub channel carries cancel requests.
 
-Every guarded change is one Lua script (`scripts.py`). Two connection pools: commands use a
-short socket timeout so a dead Redis fails fast, and the blocking reads (XREAD/XREADGROUP
-BLOCK, pub/sub) use a pool without one, bounded instead by an asyncio timeout of the block
-plus a grace period.
+Every guarded change is one Lua script (`scripts.py`). Commands go over one auto-pipelining
+connection (`resp.py`): whatever the replica sends in one event-loop iteration leaves in one
+write, and a command unanswered within the socket timeout fails fast. The blocking reads
+(XREAD/XREADGROUP BLOCK, pub/sub) use a redis-py pool without a socket timeout, bounded
+instead by an asyncio timeout of the block plus a grace period.
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ __all__ = ["RedisStore"]
 
 _ROW_FIELDS = ("workflow_id", "resource_id", "status", "created_at", "updated_at")
 _DEFAULT_GRACE = 5.0
+# Blocking reads in flight at once (each holds a connection): one per worker, one per pub/sub
+# listener, and one per run being waited on or watched here (watchers of one run share it).
+_BLOCKING_CONNECTIONS = 5000
 
 # A retried script whose reply was lost would apply its write twice.
 _NO_RETRY = Retry(NoBackoff(), 0)
@@ -96,7 +100,16 @@ class RedisStore:
         self._release = client.register_script(scripts.RELEASE)
         self._request_cancel = client.register_script(scripts.REQUEST_CANCEL)
         self._delete = client.register_script(scripts.DELETE)
-        self._scripts = [self._create, self._write, self._acquire, self._renew, self._release]
+        self._scripts = [
+            self._create,
+            self._write,
+            self._drop_fired,
+            self._acquire,
+            self._renew,
+            self._release,
+            self._request_cancel,
+            self._delete,
+        ]
         # The short commands of the run path go through one pipelining connection.
         self._fast = Pipelined.like(client, command_timeout=self._grace)
 
@@ -121,7 +134,9 @@ class RedisStore:
             "retry": _NO_RETRY,
         }
         client = Redis.from_url(url, socket_timeout=socket_timeout, **options)
-        blocking = Redis.from_url(url, socket_timeout=None, **options)
+        blocking = Redis.from_url(
+            url, socket_timeout=None, max_connections=_BLOCKING_CONNECTIONS, **options
+        )
         store = cls(
             client,
             prefix=prefix,
@@ -294,8 +309,9 @@ class RedisStore:
 
     async def request_cancel(self, run_id: str) -> bool:
         args = [repr(time.time()), self._keys.cancel_channel, run_id]
-        with _reachable():
-            flagged = await self._request_cancel(keys=[self._keys.run(run_id)], args=args)
+        (flagged,) = await self._pipeline(
+            [self._scripted(self._request_cancel, [self._keys.run(run_id)], args)]
+        )
         return bool(flagged == 1)
 
     async def cancel_requests(self) -> AsyncIterator[str]:
@@ -320,43 +336,40 @@ class RedisStore:
     async def fire_timers(self, now: float, limit: int = 100) -> float | None:
         """Queue due runs first, then drop their timers: a crash in between queues a run
         twice, never loses it."""
-        with _reachable():
-            due = await self._redis.zrangebyscore(self._keys.timers, "-inf", now, 0, limit)
-            if due:
-                pipe = self._redis.pipeline(transaction=False)
-                for run_id in due:
-                    pipe.xadd(self._keys.queue, {"run_id": str(run_id)})
-                await pipe.execute()
-                await self._drop_fired(keys=[self._keys.timers], args=[repr(now), *due])
-            upcoming = await self._redis.zrange(self._keys.timers, 0, 0, withscores=True)
-        return float(upcoming[0][1]) if upcoming else None
+        timers = self._keys.timers
+        (due,) = await self._pipeline([["ZRANGEBYSCORE", timers, "-inf", now, "LIMIT", 0, limit]])
+        if due:
+            await self._pipeline([["XADD", self._keys.queue, "*", "run_id", r] for r in due])
+            drop = self._scripted(self._drop_fired, [timers], [repr(now), *due])
+            await self._pipeline([drop])
+        (upcoming,) = await self._pipeline([["ZRANGE", timers, 0, 0, "WITHSCORES"]])
+        return float(upcoming[1]) if upcoming else None
 
     async def recover(self, now: float, *, grace: float, limit: int = 100) -> list[str]:
-        with _reachable():
-            found = await self._redis.zrangebyscore(self._keys.watchdog, "-inf", now, 0, limit)
-            due = [str(run_id) for run_id in found]
-            if not due:
-                return []
-            pipe = self._redis.pipeline(transaction=False)
-            for run_id in due:
-                pipe.hmget(self._keys.run(run_id), ["status", "lease_owner", "lease_until"])
-                pipe.zscore(self._keys.timers, run_id)
-            replies = await pipe.execute()
-            orphans: list[str] = []
-            pipe = self._redis.pipeline(transaction=False)
-            for i, run_id in enumerate(due):
-                (status, owner, until), timer = replies[2 * i], replies[2 * i + 1]
-                if status is None or RunStatus(status).settled:
-                    pipe.zrem(self._keys.watchdog, run_id)
-                elif owner and float(until) >= now:
-                    pipe.zadd(self._keys.watchdog, {run_id: float(until)})
-                elif timer is not None and float(timer) > now:
-                    pipe.zadd(self._keys.watchdog, {run_id: float(timer) + grace})
-                else:
-                    orphans.append(run_id)
-                    pipe.xadd(self._keys.queue, {"run_id": run_id})
-                    pipe.zadd(self._keys.watchdog, {run_id: now + grace})
-            await pipe.execute()
+        watchdog = self._keys.watchdog
+        (due,) = await self._pipeline([["ZRANGEBYSCORE", watchdog, "-inf", now, "LIMIT", 0, limit]])
+        if not due:
+            return []
+        reads: list[list[Arg]] = []
+        for run_id in due:
+            reads.append(["HMGET", self._keys.run(run_id), "status", "lease_owner", "lease_until"])
+            reads.append(["ZSCORE", self._keys.timers, run_id])
+        replies = await self._pipeline(reads)
+        orphans: list[str] = []
+        changes: list[list[Arg]] = []
+        for i, run_id in enumerate(due):
+            (status, owner, until), timer = replies[2 * i], replies[2 * i + 1]
+            if status is None or RunStatus(status).settled:
+                changes.append(["ZREM", watchdog, run_id])
+            elif owner and float(until) >= now:
+                changes.append(["ZADD", watchdog, float(until), run_id])
+            elif timer is not None and float(timer) > now:
+                changes.append(["ZADD", watchdog, float(timer) + grace, run_id])
+            else:
+                orphans.append(run_id)
+                changes.append(["XADD", self._keys.queue, "*", "run_id", run_id])
+                changes.append(["ZADD", watchdog, now + grace, run_id])
+        await self._pipeline(changes)
         return orphans
 
     async def dequeue(self, consumer: str, count: int, block: float) -> list[WorkItem]:
@@ -382,13 +395,12 @@ class RedisStore:
         """Entries in the queue stream minus those delivered and not yet acked (taken items
         are deleted when acked, so the stream holds only waiting and in-progress ones)."""
         with _reachable():
-            pipe = self._redis.pipeline(transaction=False)
-            pipe.xlen(self._keys.queue)
-            pipe.xpending(self._keys.queue, self._keys.group)
-            length, pending = await pipe.execute(raise_on_error=False)
-        if isinstance(length, Exception):
-            raise length
-        taken = 0 if isinstance(pending, Exception) else int(pending["pending"])  # no group yet
+            length, pending = await self._fast.pipeline(
+                [["XLEN", self._keys.queue], ["XPENDING", self._keys.queue, self._keys.group]]
+            )
+            if isinstance(length, Exception):
+                raise length
+        taken = 0 if isinstance(pending, Exception) else int(pending[0])  # no group yet
         return max(0, int(length) - taken)
 
     async def ack(self, item: WorkItem) -> None:
@@ -429,11 +441,15 @@ class RedisStore:
         return [event for _stream, entries in streams_read or [] for event in _events(entries)]
 
     async def first_kept_sequence(self, run_id: str) -> int:
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.hget(self._keys.run(run_id), "seq")
-        pipe.xrange(self._keys.events(run_id), count=1)
-        with _reachable():
-            last, first = await pipe.execute()
+        replies = await self._pipeline(
+            [
+                ["MULTI"],
+                ["HGET", self._keys.run(run_id), "seq"],
+                ["XRANGE", self._keys.events(run_id), "-", "+", "COUNT", 1],
+                ["EXEC"],
+            ]
+        )
+        last, first = replies[-1]
         if last is None:
             raise RunNotFound(run_id)
         return _sequence(first[0][0]) if first else int(last) + 1
@@ -459,11 +475,21 @@ class RedisStore:
         offset = 0
         rows: list[RunRow] = []
         while True:
-            with _reachable():
-                reply = await self._redis.zrevrangebyscore(
-                    index, high, low, start=offset, num=batch, withscores=True
-                )
-            entries = cast(list[tuple[str, float]], reply)
+            (flat,) = await self._pipeline(
+                [
+                    [
+                        "ZREVRANGEBYSCORE",
+                        index,
+                        _score(high),
+                        _score(low),
+                        "WITHSCORES",
+                        "LIMIT",
+                        offset,
+                        batch,
+                    ]
+                ]
+            )
+            entries = [(str(flat[i]), float(flat[i + 1])) for i in range(0, len(flat), 2)]
             candidates = [
                 entry for entry in entries if position is None or (entry[1], entry[0]) < position
             ]
@@ -486,17 +512,20 @@ class RedisStore:
                 offset = sum(1 for _run_id, score in entries if score == last_score)
 
     async def delete(self, run_id: str) -> bool:
-        with _reachable():
-            reply = await self._delete(keys=self._run_keys(run_id))
-            if reply[0] == 0:
-                return False
-            # A crash before this leaves index entries that list_runs skips and removes.
-            pipe = self._redis.pipeline(transaction=False)
-            for index in self._keys.indexes(str(reply[1]), str(reply[2])):
-                pipe.zrem(index, run_id)
-            pipe.zrem(self._keys.timers, run_id)
-            pipe.zrem(self._keys.watchdog, run_id)
-            await pipe.execute()
+        (reply,) = await self._pipeline([self._scripted(self._delete, self._run_keys(run_id), [])])
+        if reply[0] == 0:
+            return False
+        # A crash before this leaves index entries that list_runs skips and removes.
+        await self._pipeline(
+            [
+                ["ZREM", key, run_id]
+                for key in (
+                    *self._keys.indexes(str(reply[1]), str(reply[2])),
+                    self._keys.timers,
+                    self._keys.watchdog,
+                )
+            ]
+        )
         return True
 
     async def sweep_expired(self, now: float, limit: int = 100) -> int:
@@ -583,9 +612,9 @@ class RedisStore:
                 replies = await self._fast.pipeline(commands)
             missing = any(isinstance(reply, redis_errors.NoScriptError) for reply in replies)
             if missing and attempt == 0:
-                with _reachable():
-                    for script in self._scripts:
-                        await self._redis.script_load(script.script)
+                await self._pipeline(
+                    [["SCRIPT", "LOAD", cast(str, script.script)] for script in self._scripts]
+                )
                 continue
             with _reachable():
                 for reply in replies:
@@ -607,8 +636,8 @@ class RedisStore:
     async def _create_group(self) -> None:
         # From id 0, so runs queued before the group existed are delivered too.
         try:
-            await self._redis.xgroup_create(
-                self._keys.queue, self._keys.group, id="0", mkstream=True
+            await self._fast.execute(
+                "XGROUP", "CREATE", self._keys.queue, self._keys.group, "0", "MKSTREAM"
             )
         except redis_errors.ResponseError as err:
             if not str(err).startswith("BUSYGROUP"):
@@ -619,11 +648,9 @@ class RedisStore:
         from the index."""
         if not candidates:
             return []
-        pipe = self._redis.pipeline(transaction=False)
-        for run_id, _score in candidates:
-            pipe.hmget(self._keys.run(run_id), _ROW_FIELDS)
-        with _reachable():
-            replies = await pipe.execute()
+        replies = await self._pipeline(
+            [["HMGET", self._keys.run(run_id), *_ROW_FIELDS] for run_id, _score in candidates]
+        )
         rows: list[RunRow] = []
         gone: list[str] = []
         for (run_id, _score), (workflow_id, resource_id, status, created, updated) in zip(
@@ -643,8 +670,7 @@ class RedisStore:
                 )
             )
         if gone:
-            with _reachable():
-                await self._redis.zrem(index, *gone)
+            await self._pipeline([["ZREM", index, *gone]])
         return rows
 
 
@@ -692,6 +718,13 @@ def _sequence(entry_id: str) -> int:
     return int(entry_id.removeprefix("0-"))
 
 
+def _score(value: float) -> Arg:
+    """A sorted-set bound as Redis spells it."""
+    if math.isinf(value):
+        return "+inf" if value > 0 else "-inf"
+    return value
+
+
 def _block_ms(seconds: float) -> int | None:
     """XREAD's BLOCK argument: None (do not block) for <= 0, since BLOCK 0 waits forever."""
     if seconds <= 0:
@@ -702,4 +735,10 @@ def _block_ms(seconds: float) -> int | None:
 def _without_socket_timeout(client: Redis) -> Redis:
     pool = client.connection_pool
     options = {**pool.connection_kwargs, "socket_timeout": None}
-    return Redis.from_pool(ConnectionPool(connection_class=pool.connection_class, **options))
+    return Redis.from_pool(
+        ConnectionPool(
+            connection_class=pool.connection_class,
+            max_connections=_BLOCKING_CONNECTIONS,
+            **options,
+        )
+    )
