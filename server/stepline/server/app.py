@@ -137,7 +137,11 @@ class Server:
             registry,
             max_concurrent_runs=settings.max_concurrent_runs,
             lease_ttl=settings.lease_ttl,
-            observers=[self.tracing.observer(), self.metrics.observer(), RunLog()],
+            observers=[
+                *([self.tracing.observer()] if self.tracing.recording else []),
+                self.metrics.observer(),
+                RunLog(),
+            ],
         )
         self.service = RunService(store, registry, runner=self.worker)
         self.metrics.track(

@@ -118,9 +118,11 @@ def _ns(seconds: Any) -> int | None:
 class Tracing:
     """The server's tracer provider and the tracer everything here uses."""
 
-    def __init__(self, provider: TracerProvider) -> None:
+    def __init__(self, provider: TracerProvider, *, recording: bool = True) -> None:
         self.provider = provider
         self.tracer = provider.get_tracer(TRACER_NAME)
+        # False when spans go nowhere: run and step spans are then not built at all.
+        self.recording = recording
 
     @classmethod
     def from_settings(cls, settings: Settings, *, exporter: SpanExporter | None = None) -> Tracing:
@@ -142,7 +144,7 @@ class Tracing:
 
             otlp = OTLPSpanExporter(endpoint=settings.otlp_endpoint)
             provider.add_span_processor(BatchSpanProcessor(otlp))
-        return cls(provider)
+        return cls(provider, recording=recording)
 
     def observer(self) -> RunTracer:
         return RunTracer(self)

@@ -8,11 +8,13 @@ glob character or whitespace in a key, so no run id can reach another run's keys
 
 from __future__ import annotations
 
+import functools
 from urllib.parse import quote, unquote
 
 __all__ = ["Keys", "encode"]
 
 
+@functools.lru_cache(maxsize=65536)
 def encode(value: str) -> str:
     """The percent-encoding used for every user-supplied part of a key."""
     # An empty hash tag (`{}`) makes Redis hash the whole key, which would split a run's keys
