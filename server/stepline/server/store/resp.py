@@ -1,9 +1,10 @@
 """A pipelining Redis connection for the store's short commands.
 
-Every command a replica sends while its event loop runs one iteration goes out in one socket
-write, on one connection, and the replies come back in order on that connection: many runs'
-transitions then cost one system call and one Redis read instead of one each. Replies are
-parsed by hiredis. Blocking reads (XREAD BLOCK, XREADGROUP BLOCK, pub/sub) hold a connection
+Commands go out on one connection and their replies come back in order. With nothing on the
+wire, what was asked for during one event-loop iteration leaves in one socket write; while
+writes are in flight, new commands are held until replies come in and then leave together.
+So under load many runs' transitions cost one system call and one Redis read per round trip
+instead of one each, and an idle replica still sends at once. Replies are parsed by hiredis. Blocking reads (XREAD BLOCK, XREADGROUP BLOCK, pub/sub) hold a connection
 for their whole wait, so they stay on redis-py's blocking pool; this connection never blocks.
 
 Failures use redis-py's exception types, so the store maps them as it maps redis-py's: a lost
@@ -83,7 +84,8 @@ class _Protocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
-        pending = self._owner._pending
+        owner = self._owner
+        pending = owner._pending
         while (reply := self._reader.gets()) is not False:
             if not pending:
                 continue  # nothing waits for it (cannot happen on a healthy connection)
@@ -91,8 +93,11 @@ class _Protocol(asyncio.Protocol):
             batch.replies.append(reply)
             if len(batch.replies) == batch.expected:
                 pending.popleft()
+                owner._sent -= 1
                 if not batch.future.done():
                     batch.future.set_result(batch.replies)
+        # Replies are coming in: send what was held back meanwhile, in one write.
+        owner._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._owner._protocol is self:  # not a connection already given up on
@@ -125,6 +130,9 @@ class Pipelined:
         self._connecting: asyncio.Future[None] | None = None
         self._pending: collections.deque[_Batch] = collections.deque()
         self._outbox: list[bytes] = []
+        # Batches in the outbox, and batches written and not fully answered yet.
+        self._held = 0
+        self._sent = 0
         self._flush_scheduled = False
         self._watch: asyncio.TimerHandle | None = None
 
@@ -173,7 +181,11 @@ class Pipelined:
         batch = _Batch(loop.create_future(), len(commands), loop.time())
         self._pending.append(batch)
         self._outbox.extend(_pack(command) for command in commands)
-        if not self._flush_scheduled:
+        self._held += 1
+        # With nothing on the wire, send at the end of this loop iteration; otherwise hold
+        # on until replies come in (`data_received` sends then), so that under load one
+        # write carries everything asked for during a round trip.
+        if self._sent == 0 and not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
         if self._watch is None:
@@ -193,6 +205,8 @@ class Pipelined:
         if self._outbox and self._transport is not None:
             data = b"".join(self._outbox)
             self._outbox.clear()
+            self._sent += self._held
+            self._held = 0
             self._transport.write(data)
 
     def _check_progress(self) -> None:
@@ -214,6 +228,7 @@ class Pipelined:
         self._transport = None
         self._protocol = None
         self._outbox.clear()
+        self._held = self._sent = 0
         if self._watch is not None:
             self._watch.cancel()
             self._watch = None
