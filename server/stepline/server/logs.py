@@ -151,7 +151,8 @@ def configure(
 
 class RunLog:
     """`RunObserver` that writes a line when a pass begins and ends and for each step result
-    (successful steps at DEBUG). Every line names the run and its workflow."""
+    (a plain start and successful steps at DEBUG). Every line names the run and its
+    workflow."""
 
     def __init__(self, logger: logging.Logger | None = None) -> None:
         self._log = logger or logging.getLogger("stepline.runs")
@@ -173,8 +174,15 @@ class _RunPassLog:
         for event in events:
             data = event.data
             if event.type is EventType.WORKFLOW_START:
-                self._log.info(
-                    "run %s began (%s)", snapshot.run_id, data.get("reason"), extra=self._extra
+                # A plain start is implied by the run's finish line; a resume, restart or
+                # time travel is worth its own.
+                reason = data.get("reason")
+                self._log.log(
+                    logging.DEBUG if reason == "start" else logging.INFO,
+                    "run %s began (%s)",
+                    snapshot.run_id,
+                    reason,
+                    extra=self._extra,
                 )
             elif event.type is EventType.STEP_START:
                 self._log.debug("step %s started", data.get("step_id"), extra=self._extra)
@@ -202,6 +210,8 @@ class _RunPassLog:
             else ""
         )
         level = logging.DEBUG if status == "success" else logging.INFO
+        if not self._log.isEnabledFor(level):
+            return
         error = data.get("error") or {}
         detail = f": {error.get('name')}: {error.get('message')}" if error else ""
         self._log.log(
