@@ -676,14 +676,20 @@ class RedisStore:
 
 @contextlib.contextmanager
 def _reachable() -> Iterator[None]:
-    """Turn a lost connection, an unanswered command or a Redis that refuses writes (a
-    read-only replica after failover, out of memory) into `StoreUnavailable`."""
+    """Turn a lost connection, an unanswered command, a Redis that refuses writes (a
+    read-only replica after failover, out of memory) or one still loading its dataset (after
+    a restart) into `StoreUnavailable`."""
     try:
         yield
     except (redis_errors.ConnectionError, redis_errors.TimeoutError, TimeoutError) as err:
         raise StoreUnavailable(f"redis is unreachable: {err or type(err).__name__}") from err
     except (redis_errors.ReadOnlyError, redis_errors.OutOfMemoryError) as err:
         raise StoreUnavailable(f"redis refused the command: {err}") from err
+    except redis_errors.ResponseError as err:
+        # The pipelining connection hands `-LOADING` back as a plain ResponseError.
+        if str(err).startswith("LOADING"):
+            raise StoreUnavailable(f"redis is not ready: {err}") from err
+        raise
 
 
 def _stored(fields: Sequence[Any], now: float) -> StoredRun:
