@@ -396,7 +396,7 @@ async def test_sigkill_one_of_three_replicas_loses_and_duplicates_nothing(
     )
     restarted = sum("restart" in restart_reasons(c.events) for c in checked.values())
     # Runs the victim had taken from the queue but not leased yet are not orphans by lease:
-    # only the watchdog's claim grace (30 s) queues them again (see the xfail test below).
+    # housekeeping queues them again after a lease's time (see the test below).
     late = {
         run_id: (
             round(c.events[-1].timestamp.timestamp() - killed_at, 1),
@@ -1004,15 +1004,6 @@ async def test_concurrent_resumes_across_replicas_one_wins(
 
 
 # -- a queued run delivered to a replica that dies before taking its lease ------------------
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "known gap: a queue entry delivered (XREADGROUP) to a replica that dies or stalls "
-        "before it acquires the run's lease sits in that consumer's pending list; nothing "
-        "reclaims it, and only the watchdog's CLAIM_GRACE (30 s) queues the run again"
-    ),
-)
 async def test_queued_run_delivered_to_a_replica_that_dies_is_taken_over(
     serve: Launcher, private_redis: PrivateRedis, report: Report
 ) -> None:

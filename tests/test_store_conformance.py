@@ -977,7 +977,7 @@ async def _blocking_reads_work(store: Store) -> None:
     assert step_ids(await asyncio.wait_for(waiter, 5)) == ["a"]
 
 
-async def test_abandoned_queue_entries_are_reclaimed(redis_url: str) -> None:
+async def test_abandoned_queue_entries_are_queued_again(redis_url: str) -> None:
     store = RedisStore.from_url(redis_url, prefix=_prefix())
     admin = Redis.from_url(redis_url, decode_responses=True)
     try:
@@ -991,9 +991,12 @@ async def test_abandoned_queue_entries_are_reclaimed(redis_url: str) -> None:
         assert await store.reclaim_abandoned(min_idle=60) == 0  # not idle long enough
         assert await store.reclaim_abandoned(min_idle=0) == 1
         assert (await admin.xpending(keys.queue, keys.group))["pending"] == 0
-        assert await admin.xlen(keys.queue) == 0
+        assert [item.run_id for item in await store.dequeue("live-worker", 10, 0)] == ["run-1"]
+        assert await store.reclaim_abandoned(min_idle=0) == 1  # live-worker's, not acked
+        again = await store.dequeue("live-worker", 10, 0)
+        await store.ack(again[0])
         assert await store.reclaim_abandoned(min_idle=0) == 0
-        assert await store.get("run-1") is not None  # the run itself is untouched
+        assert await admin.xlen(keys.queue) == 0
     finally:
         await store.close()
         await admin.aclose()

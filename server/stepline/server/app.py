@@ -44,6 +44,7 @@ def open_store(settings: Settings) -> Store:
         return RedisStore.from_url(
             settings.redis_url,
             prefix=settings.redis_prefix,
+            socket_timeout=settings.redis_timeout,
             retention=retention,
             max_events=max_events,
         )

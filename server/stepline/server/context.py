@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, Protocol, TypeVar
 
@@ -12,6 +14,32 @@ if TYPE_CHECKING:
     from .workflows import Step
 
 InputT = TypeVar("InputT")
+
+log = logging.getLogger(__name__)
+
+# How deeply the JSON values of a run (inputs, outputs, state, payloads) may nest. Every value
+# must stay encodable as google.protobuf.Value wherever the API carries it, and protobuf
+# refuses messages nested over 100 levels (a JSON level takes two), results wrapping values a
+# few levels further down.
+MAX_JSON_DEPTH = 32
+
+
+def json_problem(value: Any, path: str, *, limit: int = MAX_JSON_DEPTH) -> str | None:
+    """What makes `value` (already plain JSON data) unfit for a run, naming its path: nesting
+    deeper than `limit` levels, or a NaN / Infinity (not JSON, and stores would disagree on
+    it). None when it is fit."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{path}: {value} is not a JSON number"
+    if isinstance(value, dict | list | tuple):
+        if limit <= 0:
+            return f"{path}: nested too deeply (JSON values nest at most {MAX_JSON_DEPTH} levels)"
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            at = f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}"
+            problem = json_problem(item, at, limit=limit - 1)
+            if problem is not None:
+                return problem
+    return None
 
 
 class NonRetryableError(Exception):
@@ -88,6 +116,12 @@ class StepContext(Generic[InputT]):
         self.resume_data = resume_data
         self.suspend_data = suspend_data
         self._state_update: dict[str, Any] = {}
+        self._closed = False
+
+    def close(self) -> None:
+        """End this attempt: a step that outlives it (timed out, handed back) can no longer
+        write events or abort the run."""
+        self._closed = True
 
     # -- identity --------------------------------------------------------------------------
     @property
@@ -152,6 +186,9 @@ class StepContext(Generic[InputT]):
 
     def abort(self) -> None:
         """Cancel the run: this step's result is kept, no later step runs."""
+        if self._closed:
+            log.warning("step %s called abort() after its attempt ended; ignored", self._step.id)
+            return
         self._runtime.abort()
 
     @property
@@ -165,4 +202,6 @@ class StepContext(Generic[InputT]):
 
     async def write(self, value: Any) -> None:
         """Emit a custom step-output event on the run's log."""
+        if self._closed:
+            raise RuntimeError(f"step {self._step.id!r}: write() after the attempt ended")
         await self._runtime.emit_output(self._step.id, _plain(value))

@@ -16,14 +16,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+import re
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
 
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
-from .context import BailSignal, NonRetryableError, StepContext, SuspendSignal
+from .context import (
+    MAX_JSON_DEPTH,
+    BailSignal,
+    NonRetryableError,
+    StepContext,
+    SuspendSignal,
+    json_problem,
+)
 from .model import (
     ErrorData,
     Event,
@@ -56,6 +64,12 @@ log = logging.getLogger(__name__)
 
 # Sleeps this short are waited out in place; longer ones hand the run back to a durable timer.
 INLINE_SLEEP = 1.0
+# How long a step that timed out gets to unwind once cancelled before it is abandoned.
+TIMEOUT_UNWIND = 1.0
+# Bounds on a serialized error: causes followed, characters of text, nesting of details.
+MAX_ERROR_CAUSES = 5
+MAX_ERROR_TEXT = 10_000
+MAX_DETAILS_DEPTH = MAX_JSON_DEPTH - 2 * MAX_ERROR_CAUSES - 2
 
 
 class Journal(Protocol):
@@ -134,26 +148,157 @@ class ForeachInputInvalid(Exception):
     pass
 
 
+class StepTimeoutError(Exception):
+    """An attempt of a step ran past its time limit."""
+
+    def __init__(self, step_id: str, timeout: float) -> None:
+        super().__init__(f"step {step_id!r} did not finish within its timeout of {timeout:g} s")
+        self.details = {"step_id": step_id, "timeout": timeout}
+
+
+class StepCancelledError(Exception):
+    """A CancelledError escaped a step while nothing was cancelling it (the step cancelled
+    its own task, or let the cancellation of something it awaited through)."""
+
+
+class _Escaped(Exception):
+    """Carries a BaseException a step raised (SystemExit, KeyboardInterrupt, GeneratorExit...)
+    out of the step's task: asyncio re-raises KeyboardInterrupt and SystemExit escaping a task
+    into the event loop, which would stop the server."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(type(error).__name__)
+        self.error = error
+
+
 def serialize_error(err: BaseException) -> ErrorData:
-    """{message, name, details}: the step's own details and its cause chain, never a stack."""
+    """{message, name, details}: the step's own details and its cause chain, never a stack.
+
+    Bounded whatever the exception does: at most MAX_ERROR_CAUSES causes (a cycle ends the
+    chain), MAX_ERROR_TEXT characters of message, details that are JSON nesting at most
+    MAX_DETAILS_DEPTH levels (else their repr), and a `__str__` or `details` that raises is
+    survived."""
+    return _serialize_error(err, {id(err)}, MAX_ERROR_CAUSES)
+
+
+def _serialize_error(err: BaseException, seen: set[int], causes: int) -> ErrorData:
     details: dict[str, Any] = {}
-    own = getattr(err, "details", None)
+    try:
+        own = getattr(err, "details", None)
+    except Exception:
+        own = None
     if own is not None:
         details["details"] = _jsonable(own)
-    if err.__cause__ is not None:
-        details["cause"] = serialize_error(err.__cause__).model_dump()
-    return ErrorData(
-        message=str(err) or type(err).__name__,
-        name=type(err).__name__,
-        details=details or None,
-    )
+    cause = err.__cause__
+    if cause is not None and id(cause) not in seen and causes > 0:
+        seen.add(id(cause))
+        details["cause"] = _serialize_error(cause, seen, causes - 1).model_dump()
+    name = type(err).__name__
+    return ErrorData(message=_clip(_text(err)) or name, name=name, details=details or None)
+
+
+# `<object object at 0x7f...>`: a memory address means nothing to a caller, so it is dropped.
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def _text(value: object, show: Callable[[object], str] = str) -> str:
+    """`str(value)` (or `show(value)`), without memory addresses; survives a raising one."""
+    try:
+        return _ADDRESS.sub("", show(value))
+    except Exception:
+        return f"<{type(value).__name__} whose {show.__name__}() failed>"
+
+
+def _clip(text: str, limit: int = MAX_ERROR_TEXT) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _jsonable(value: Any) -> Any:
+    """An error's details as JSON: what is not JSON becomes its repr; details that are too
+    deep, circular or raising become the repr of the whole."""
     try:
-        return to_jsonable_python(value)
-    except PydanticSerializationError:
-        return repr(value)
+        data = to_jsonable_python(value, fallback=lambda item: _clip(_text(item, repr), 200))
+    except Exception:  # circular, or a raising __getattr__ ...
+        data = None
+    else:
+        if json_problem(data, "details", limit=MAX_DETAILS_DEPTH) is None:
+            return data
+    return _clip(_text(value, repr), 1000)
+
+
+def _plain_json(value: Any, path: str) -> Any:
+    """`value` as plain JSON data; raises StepOutputInvalid naming `path` when it is not
+    JSON-serializable, nests too deeply or holds NaN / Infinity."""
+    try:
+        data = to_jsonable_python(value)
+    except Exception as err:
+        raise StepOutputInvalid(f"{path} is not JSON-serializable: {_text(err)}") from None
+    problem = json_problem(data, path)
+    if problem is not None:
+        raise StepOutputInvalid(f"{path} is not plain JSON: {problem}")
+    return data
+
+
+def _json_copy(data: dict[str, Any]) -> dict[str, Any]:
+    """A JSON copy of a request context; {} if a parallel step just broke it (its own check
+    puts it right)."""
+    try:
+        copied: dict[str, Any] = to_jsonable_python(data)
+    except Exception:
+        return {}
+    return copied
+
+
+def _consume(task: asyncio.Future[Any]) -> None:
+    """Retrieve an abandoned task's outcome so asyncio does not log it as never retrieved."""
+    if not task.cancelled():
+        task.exception()
+
+
+async def _guarded(call: Awaitable[Any]) -> Any:
+    """A step's execute(), with what must not escape its task wrapped."""
+    try:
+        return await call
+    except (KeyboardInterrupt, SystemExit, GeneratorExit) as err:
+        raise _Escaped(err) from None
+
+
+async def _call_step(step: Step[Any, Any], ctx: StepContext[Any], timeout: float | None) -> Any:
+    """Run one attempt of `step` in a task of its own, within `timeout` seconds.
+
+    A step of its own task can't cancel the run's task (its CancelledError is its own
+    failure, StepCancelledError), and one that ignores the cancellation its timeout sends is
+    abandoned after TIMEOUT_UNWIND seconds rather than holding the run. The limit is a
+    deadline: a step that blocked the event loop past it has timed out even if it then
+    returned. When the run's own task is cancelled (the pass is handed back), so is the step.
+    """
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    task = asyncio.create_task(_guarded(step.execute(ctx)), name=f"stepline-step-{step.id}")
+    try:
+        await asyncio.wait({task}, timeout=timeout)
+    except asyncio.CancelledError:
+        task.cancel()
+        task.add_done_callback(_consume)
+        raise
+    overran = timeout is not None and loop.time() - began > timeout
+    if not task.done() or overran:
+        assert timeout is not None
+        task.add_done_callback(_consume)
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=TIMEOUT_UNWIND)
+            if not task.done():
+                log.warning(
+                    "step %s ignored the cancellation of its timeout; it is abandoned", step.id
+                )
+        raise StepTimeoutError(step.id, timeout)
+    if task.cancelled():
+        raise StepCancelledError(
+            f"step {step.id!r} was cancelled from inside: a CancelledError escaped it while "
+            "the run was not being canceled"
+        )
+    return task.result()
 
 
 def _violations(prefix: str, err: SchemaViolation) -> str:
@@ -218,9 +363,9 @@ class Execution:
 
     async def emit_output(self, step_id: str, value: Any) -> None:
         try:
-            data = to_jsonable_python(value)
-        except PydanticSerializationError as err:
-            raise TypeError(f"ctx.write() needs a JSON-serializable value: {err}") from None
+            data = _plain_json(value, "value")
+        except StepOutputInvalid as err:
+            raise TypeError(f"ctx.write() needs plain JSON: {err}") from None
         await self.commit(
             [Event(type=EventType.STEP_OUTPUT, data={"step_id": step_id, "output": data})]
         )
@@ -554,25 +699,61 @@ class Execution:
     async def _attempts(
         self, step: Step[Any, Any], payload: Any, resume_data: Any, suspend_data: Any
     ) -> Attempt:
-        """Run execute() with the step's retry policy."""
+        """Run execute() with the step's retry policy and time limit.
+
+        Whatever an attempt raises ends as this step's failure, never the pass's: BaseExceptions
+        that are not the engine's signals (SystemExit, KeyboardInterrupt, GeneratorExit...)
+        fail the step without retries; everything else, StepTimeoutError included, is retried
+        by the policy. What the step hands back (output, state, suspend payload, bail value,
+        request context) must be plain JSON, or the step fails with StepOutputInvalid."""
         retries = step.retries if step.retries is not None else self.workflow.retry.attempts
+        timeout = step.effective_timeout(self.workflow.step_timeout)
         attempt = 0
         while True:
             attempt += 1
+            ctx: StepContext[Any] | None = None
+            before = _json_copy(self.request_context)
+            unfit: str | None = None
             try:
-                ctx = StepContext(
-                    self,
-                    step,
-                    _step_input(step, payload),
-                    retry_count=attempt - 1,
-                    resume_data=resume_data,
-                    suspend_data=suspend_data,
-                )
-                output = _step_output(step, await step.execute(ctx))
+                try:
+                    ctx = StepContext(
+                        self,
+                        step,
+                        _step_input(step, payload),
+                        retry_count=attempt - 1,
+                        resume_data=resume_data,
+                        suspend_data=suspend_data,
+                    )
+                    output = _step_output(step, await _call_step(step, ctx, timeout))
+                    state_update = _plain_json(ctx.state_update, "state")
+                finally:
+                    if ctx is not None:
+                        ctx.close()
+                    unfit = self._unfit_request_context(before)
+                if unfit is not None:
+                    raise StepOutputInvalid(unfit)
             except SuspendSignal as signal:
-                return Attempt(Kind.SUSPENDED, attempt, suspend=signal)
+                try:
+                    if unfit is not None:
+                        raise StepOutputInvalid(unfit)
+                    suspended = _plain_json(signal.payload, "suspend_payload")
+                except StepOutputInvalid as err:
+                    return Attempt(Kind.FAILED, attempt, error=serialize_error(err))
+                return Attempt(
+                    Kind.SUSPENDED, attempt, suspend=SuspendSignal(suspended, signal.labels)
+                )
             except BailSignal as signal:
-                return Attempt(Kind.BAILED, attempt, value=signal.value)
+                try:
+                    if unfit is not None:
+                        raise StepOutputInvalid(unfit)
+                    value = _plain_json(signal.value, "result")
+                except StepOutputInvalid as err:
+                    return Attempt(Kind.FAILED, attempt, error=serialize_error(err))
+                return Attempt(Kind.BAILED, attempt, value=value)
+            except _Escaped as escaped:
+                if self.cancel_event.is_set():
+                    return Attempt(Kind.CANCELED, attempt)
+                return Attempt(Kind.FAILED, attempt, error=serialize_error(escaped.error))
             except Exception as err:
                 if self.cancel_event.is_set():
                     return Attempt(Kind.CANCELED, attempt)
@@ -581,7 +762,33 @@ class Execution:
                 if await self._cancelled_within(self.workflow.retry.delay_before(attempt)):
                     return Attempt(Kind.CANCELED, attempt)
                 continue
-            return Attempt(Kind.OK, attempt, value=output, state_update=ctx.state_update)
+            except asyncio.CancelledError:
+                raise  # the run's own task: the pass is being handed back
+            except BaseException as err:
+                # Another BaseException a step raised (its own subclasses, for one).
+                if self.cancel_event.is_set():
+                    return Attempt(Kind.CANCELED, attempt)
+                return Attempt(Kind.FAILED, attempt, error=serialize_error(err))
+            return Attempt(Kind.OK, attempt, value=output, state_update=state_update)
+
+    def _unfit_request_context(self, before: dict[str, Any]) -> str | None:
+        """Why the request context a step left behind can't be stored (restoring it to
+        `before`, its JSON copy from before the attempt), or None. Steps may change it in
+        place, so a bad value would otherwise break every later write of the run."""
+        try:
+            after = to_jsonable_python(self.request_context)
+        except Exception as err:
+            problem = f"request_context is not JSON-serializable: {_text(err)}"
+        else:
+            if after == before:  # unchanged (the common case): nothing to walk
+                return None
+            found = json_problem(after, "request_context")
+            if found is None:
+                return None
+            problem = f"request_context is not plain JSON: {found}"
+        self.request_context.clear()
+        self.request_context.update(before)
+        return problem
 
     async def _cancelled_within(self, delay: float) -> bool:
         """Sleep up to `delay`; True if the run was canceled meanwhile."""
@@ -898,14 +1105,24 @@ def _step_input(step: Step[Any, Any], payload: Any) -> Any:
 
 
 def _step_output(step: Step[Any, Any], value: Any) -> Any:
+    # Checked before the schema too: dumping an `Any` turns NaN into null without a word.
+    problem = json_problem(value, "output")
+    if problem is not None:
+        raise StepOutputInvalid(f"Step output is not plain JSON: {problem}")
     try:
-        return step.output_schema.normalize(value, path="output")
+        data = step.output_schema.normalize(value, path="output")
     except SchemaViolation as err:
         raise StepOutputInvalid(
             _violations(f"Step output does not match {step.output_schema.name}:", err)
         ) from None
     except PydanticSerializationError as err:
-        raise StepOutputInvalid(f"Step output is not JSON-serializable: {err}") from None
+        raise StepOutputInvalid(f"Step output is not JSON-serializable: {_text(err)}") from None
+    except (ValueError, TypeError, RecursionError) as err:  # e.g. a circular structure
+        raise StepOutputInvalid(f"Step output is not JSON-serializable: {_text(err)}") from None
+    problem = json_problem(data, "output")
+    if problem is not None:
+        raise StepOutputInvalid(f"Step output is not plain JSON: {problem}")
+    return data
 
 
 async def _evaluate(cond: Condition, ctx: ConditionContext) -> bool:

@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     port: int = Field(default=50051, ge=0, le=65535)
     redis_url: str | None = None
     redis_prefix: str = "stepline"
+    # How long one Redis command may go unanswered before the call fails UNAVAILABLE.
+    redis_timeout: float = Field(default=5.0, gt=0)
     workflows: list[str] = Field(default_factory=lambda: ["stepline_examples"])
     max_concurrent_runs: int = Field(default=64, ge=1)
     lease_ttl: float = Field(default=5.0, gt=0)

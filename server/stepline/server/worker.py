@@ -294,8 +294,15 @@ class Worker:
                 log.warning("store unavailable while taking work; retrying")
                 await asyncio.sleep(1.0)
                 continue
-            for item in items:
+            # Local starts may have taken slots while the read was blocked: what no longer
+            # fits goes back to the queue for another replica (or this one, later).
+            fits = max(0, self._free_slots())
+            for item in items[:fits]:
                 self._spawn(self._run(item), item.run_id)
+            for item in items[fits:]:
+                with contextlib.suppress(StoreUnavailable):
+                    await self.store.enqueue(item.run_id)
+                    await self.store.ack(item)
 
     def _spawn(self, run: Coroutine[Any, Any, None], run_id: str) -> None:
         task = asyncio.create_task(run, name=f"stepline-run-{run_id}")
@@ -345,17 +352,21 @@ class Worker:
             await asyncio.sleep(interval)
 
     async def _housekeeping(self) -> None:
-        """Forget expired runs and drop queue entries abandoned by dead workers, on every
-        replica (each step is safe to run twice)."""
+        """Forget expired runs and queue again the runs whose queue entry a dead worker took,
+        on every replica (each step is safe to run twice)."""
         while not self._stopping.is_set():
             try:
                 # A backlog goes a batch per round, between other work.
                 swept = await self.store.sweep_expired(now(), limit=HOUSEKEEPING_BATCH)
-                await self.store.reclaim_abandoned(min_idle=CLAIM_GRACE)
+                # A live worker acquires what it takes within milliseconds: an entry taken
+                # a lease's time ago and never acknowledged belongs to a dead or stalled one.
+                requeued = await self.store.reclaim_abandoned(min_idle=self.lease_ttl)
+                if requeued:
+                    log.warning("queued %d run(s) again: their worker took them and died", requeued)
             except StoreUnavailable:
                 swept = 0
             if swept < HOUSEKEEPING_BATCH:
-                await asyncio.sleep(HOUSEKEEPING_INTERVAL)
+                await asyncio.sleep(min(HOUSEKEEPING_INTERVAL, self.lease_ttl))
 
     # -- one run ---------------------------------------------------------------------------
     async def _run(self, item: WorkItem | None, lease: Lease | None = None) -> None:
@@ -364,10 +375,15 @@ class Worker:
         handed_back = False
         logs.bind_run(run_id)  # this task's log lines are about this run
         try:
-            if lease is None:
+            if item is not None:
                 lease = await self.store.acquire(run_id, self.owner, self.lease_ttl)
+                # The queue entry has done its job: from here the lease and the watchdog
+                # account for the run. (If acquiring failed for want of a store, the entry
+                # stays pending and housekeeping queues the run again.)
+                await self.store.ack(item)
                 if lease is None:
                     return  # settled, deleted, or held by someone else
+            assert lease is not None
             await self._execute(lease)
         except asyncio.CancelledError:
             handed_back = lease is not None
@@ -385,15 +401,13 @@ class Worker:
             unended = self._passes.pop(run_id, None)  # cancelled before its pass began
             if unended is not None and not unended.done():
                 unended.set_result(None)
-            await self._finish_item(item, lease if handed_back else None)
+            if handed_back and lease is not None:
+                await self._hand_back(lease)
 
-    async def _finish_item(self, item: WorkItem | None, hand_back: Lease | None) -> None:
+    async def _hand_back(self, lease: Lease) -> None:
         with contextlib.suppress(StoreUnavailable, RunNotFound, LeaseLost):
-            if hand_back is not None:
-                await self.store.release(hand_back.run_id, hand_back.fence)
-                await self.store.enqueue(hand_back.run_id)
-            if item is not None:
-                await self.store.ack(item)
+            await self.store.release(lease.run_id, lease.fence)
+            await self.store.enqueue(lease.run_id)
 
     async def _execute(self, lease: Lease) -> None:
         snapshot = lease.run.snapshot

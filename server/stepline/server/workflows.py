@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -46,8 +47,27 @@ class RetryPolicy:
         return self.delay * self.backoff ** (retry - 1)
 
 
+def _check_timeout(timeout: float | None, what: str) -> float | None:
+    """A step time limit: None (no limit) or a finite number of seconds above zero."""
+    if timeout is None:
+        return None
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not math.isfinite(timeout)
+        or timeout <= 0
+    ):
+        raise WorkflowDefinitionError(f"{what}: timeout must be a number of seconds above 0")
+    return float(timeout)
+
+
 class Step(Generic[I, O]):
-    """A unit of work with typed input and output. Create with `@step(...)` or directly."""
+    """A unit of work with typed input and output. Create with `@step(...)` or directly.
+
+    `timeout` limits each attempt of `execute` to that many seconds (None: the workflow's
+    `step_timeout`, else no limit); an attempt that overruns fails with StepTimeoutError and
+    is retried like any other failure.
+    """
 
     def __init__(
         self,
@@ -60,6 +80,7 @@ class Step(Generic[I, O]):
         suspend: type[Any] | None = None,
         state: type[Any] | None = None,
         retries: int | None = None,
+        timeout: float | None = None,
         description: str = "",
     ) -> None:
         if not id or not isinstance(id, str):
@@ -70,6 +91,7 @@ class Step(Generic[I, O]):
             raise WorkflowDefinitionError(f"step {id!r}: execute must be an async function")
         if retries is not None and retries < 0:
             raise WorkflowDefinitionError(f"step {id!r}: retries must be >= 0")
+        self.timeout = _check_timeout(timeout, f"step {id!r}")
         self.id = id
         self.execute = execute
         self.description = description or (inspect.getdoc(execute) or "")
@@ -83,7 +105,14 @@ class Step(Generic[I, O]):
     def __repr__(self) -> str:
         return f"Step({self.id!r})"
 
-    def describe(self) -> dict[str, Any]:
+    def effective_timeout(self, default: float | None) -> float | None:
+        """The time limit of one attempt in a workflow whose `step_timeout` is `default`."""
+        return self.timeout if self.timeout is not None else default
+
+    def describe(self, default_timeout: float | None = None) -> dict[str, Any]:
+        """Schemas and settings; `timeout` as it applies in a workflow whose `step_timeout`
+        is `default_timeout`."""
+
         def schema(s: Schema[Any] | None) -> dict[str, Any] | None:
             return s.json_schema() if s is not None else None
 
@@ -96,6 +125,7 @@ class Step(Generic[I, O]):
             "suspend_schema": schema(self.suspend_schema),
             "state_schema": schema(self.state_schema),
             "retries": -1 if self.retries is None else self.retries,
+            "timeout": self.effective_timeout(default_timeout),
         }
 
 
@@ -108,6 +138,7 @@ def step(
     suspend: type[Any] | None = None,
     state: type[Any] | None = None,
     retries: int | None = None,
+    timeout: float | None = None,
     description: str = "",
 ) -> Callable[[StepFn], Step[Any, Any]]:
     """Decorate an async `execute(ctx)` function into a Step (id defaults to its name)."""
@@ -122,6 +153,7 @@ def step(
             suspend=suspend,
             state=state,
             retries=retries,
+            timeout=timeout,
             description=description,
         )
 
@@ -226,32 +258,49 @@ def _condition_source(cond: Condition) -> str:
         return getattr(cond, "__qualname__", repr(cond))
 
 
-def _describe_unit(unit: Unit) -> dict[str, Any]:
+def _describe_unit(unit: Unit, default_timeout: float | None) -> dict[str, Any]:
     if isinstance(unit, Workflow):
         return {
             "type": "workflow",
             "id": unit.id,
             "description": unit.description,
-            "graph": [_describe_node(n) for n in unit.nodes],
+            "graph": [_describe_node(n, unit.step_timeout) for n in unit.nodes],
         }
     can_suspend = unit.resume_schema is not None or unit.suspend_schema is not None
     return {
         "type": "step",
-        "step": {"id": unit.id, "description": unit.description, "can_suspend": can_suspend},
+        "step": {
+            "id": unit.id,
+            "description": unit.description,
+            "can_suspend": can_suspend,
+            "timeout": unit.effective_timeout(default_timeout),
+        },
     }
 
 
-def _describe_node(node: Node) -> dict[str, Any]:
+def _describe_node(node: Node, default_timeout: float | None) -> dict[str, Any]:
+    """One graph entry; `default_timeout` is the workflow's `step_timeout`."""
+
+    def unit(u: Unit) -> dict[str, Any]:
+        return _describe_unit(u, default_timeout)
+
     if isinstance(node, StepNode):
         if node.kind == "mapping":
-            return {"type": "mapping", "id": node.step.id, "source": _condition_source(node.fn)}
-        return _describe_unit(node.step)
+            return {
+                "type": "mapping",
+                "id": node.step.id,
+                "source": _condition_source(node.fn),
+                "timeout": node.step.effective_timeout(default_timeout)
+                if isinstance(node.step, Step)
+                else None,
+            }
+        return unit(node.step)
     if isinstance(node, ParallelNode):
-        return {"type": "parallel", "steps": [_describe_unit(s) for s in node.steps]}
+        return {"type": "parallel", "steps": [unit(s) for s in node.steps]}
     if isinstance(node, BranchNode):
         return {
             "type": "conditional",
-            "steps": [_describe_unit(s) for s in node.steps],
+            "steps": [unit(s) for s in node.steps],
             "conditions": [
                 {"id": f"{s.id}-condition", "source": _condition_source(c)}
                 for c, s in node.branches
@@ -261,18 +310,14 @@ def _describe_node(node: Node) -> dict[str, Any]:
         return {
             "type": "loop",
             "loop_type": "dountil" if node.until else "dowhile",
-            "step": _describe_unit(node.step),
+            "step": unit(node.step),
             "condition": {
                 "id": f"{node.step.id}-condition",
                 "source": _condition_source(node.condition),
             },
         }
     if isinstance(node, ForeachNode):
-        return {
-            "type": "foreach",
-            "step": _describe_unit(node.step),
-            "concurrency": node.concurrency,
-        }
+        return {"type": "foreach", "step": unit(node.step), "concurrency": node.concurrency}
     if node.until is not None:
         return {"type": "sleep_until", "id": node.id, "until": node.until}
     return {"type": "sleep", "id": node.id, "seconds": node.seconds}
@@ -283,6 +328,8 @@ class Workflow:
     """A chain of graph entries; `commit()` freezes it so it can run.
 
     A committed workflow can itself be used as a step of another workflow (nested).
+    `step_timeout` is the time limit (seconds) of each attempt of every step of this graph that
+    sets none itself (`map` steps included; a nested workflow's steps follow its own).
     """
 
     id: str
@@ -291,6 +338,7 @@ class Workflow:
     state: type[Any] | None = None
     description: str = ""
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    step_timeout: float | None = None
     nodes: list[Node] = field(default_factory=list)
     committed: bool = False
 
@@ -299,6 +347,7 @@ class Workflow:
             raise WorkflowDefinitionError("a workflow needs a non-empty string id")
         if "." in self.id:
             raise WorkflowDefinitionError(f"workflow id {self.id!r} must not contain '.'")
+        self.step_timeout = _check_timeout(self.step_timeout, f"workflow {self.id!r}")
         self.input_schema: Schema[Any] = Schema(self.input)
         self.output_schema: Schema[Any] = Schema(self.output)
         self.state_schema = optional_schema(self.state)
@@ -427,8 +476,8 @@ class Workflow:
             "input_schema": self.input_schema.json_schema(),
             "output_schema": self.output_schema.json_schema(),
             "state_schema": self.state_schema.json_schema() if self.state_schema else None,
-            "steps": [s.describe() for s in self.steps()],
-            "graph": [_describe_node(n) for n in self.nodes],
+            "steps": [s.describe(self.step_timeout) for s in self.steps()],
+            "graph": [_describe_node(n, self.step_timeout) for n in self.nodes],
         }
 
 

@@ -3,18 +3,40 @@
 from __future__ import annotations
 
 import grpc
+from google.protobuf.message_factory import GetMessageClass
 
-from stepline.v1 import workflow_service_pb2_grpc
+from stepline.v1 import workflow_service_pb2
 
 from ..runs import RunService
 from .servicer import WorkflowServicer
+from .wire import lenient_deserializer
+
+SERVICE = workflow_service_pb2.DESCRIPTOR.services_by_name["WorkflowService"]
 
 
 def add_services(server: grpc.aio.Server, service: RunService) -> None:
-    """Register WorkflowService on `server`, backed by `service`."""
-    workflow_service_pb2_grpc.add_WorkflowServiceServicer_to_server(
-        WorkflowServicer(service), server
+    """Register WorkflowService on `server`, backed by `service`.
+
+    Like the generated `add_WorkflowServiceServicer_to_server`, but request bytes that do not
+    decode reach the handler as a MalformedRequest (refused with INVALID_ARGUMENT) instead of
+    failing inside grpc with UNKNOWN."""
+    servicer = WorkflowServicer(service)
+    handlers = {}
+    for method in SERVICE.methods:
+        make = (
+            grpc.unary_stream_rpc_method_handler
+            if method.server_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        handlers[method.name] = make(
+            getattr(servicer, method.name),
+            request_deserializer=lenient_deserializer(GetMessageClass(method.input_type)),
+            response_serializer=GetMessageClass(method.output_type).SerializeToString,
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),)
     )
+    server.add_registered_method_handlers(SERVICE.full_name, handlers)
 
 
 __all__ = ["WorkflowServicer", "add_services"]

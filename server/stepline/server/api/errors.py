@@ -23,6 +23,7 @@ from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-unty
 from grpc_status import rpc_status
 
 from ..errors import (
+    Conflict,
     CursorExpired,
     FailedPrecondition,
     InvalidArgument,
@@ -37,18 +38,26 @@ from ..errors import (
     Unimplemented,
     WorkflowNotFound,
 )
+from .wire import MalformedRequest
 
 DOMAIN = "stepline.dev"
 INTERNAL_MESSAGE = "internal error"
+# What the store's own error says (addresses, driver messages) is for the server's log only.
+STORE_UNAVAILABLE_MESSAGE = "the run store is unavailable; retry shortly"
 INTERNAL_REASON = "INTERNAL"
 RUN_RESOURCE = "stepline.v1.Run"
 WORKFLOW_RESOURCE = "stepline.v1.Workflow"
 RETRY_DELAY_SECONDS = 1
-# Details travel in a trailer and clients cap trailer size (gRPC's default is 8 KiB), so an
-# input with hundreds of schema errors reports the first few, plus how many were left out.
+# The status travels in trailers, and clients refuse trailers over 8 KiB (gRPC's default soft
+# limit; 16 KiB hard): the message percent-encoded in `grpc-message`, then the message again
+# and the details as base64 in `grpc-status-details-bin`. So everything a caller's request can
+# make long is clipped, in UTF-8 bytes: an input with hundreds of schema errors reports the
+# first few, plus how many were left out, and a 1 MB id comes back as its first kilobyte.
 MAX_FIELD_VIOLATIONS = 10
-MAX_TEXT = 200
-MAX_MESSAGE = 1000
+MAX_VIOLATIONS_BYTES = 2560  # the BadRequest
+MAX_TEXT = 200  # one field path or description
+MAX_ID = 1024  # ids in metadata and resource names: any valid id (256 characters) fits
+MAX_MESSAGE = 600  # the message, as percent-encoded in `grpc-message`
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +68,7 @@ CODES: dict[type[SteplineError], grpc.StatusCode] = {
     RunAlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     ResumeAlreadyClaimed: grpc.StatusCode.ABORTED,
+    Conflict: grpc.StatusCode.ABORTED,  # a lost compare-and-set race: retry the request
     CursorExpired: grpc.StatusCode.OUT_OF_RANGE,
     Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
     StoreUnavailable: grpc.StatusCode.UNAVAILABLE,
@@ -80,19 +90,21 @@ def status_code(error: SteplineError) -> grpc.StatusCode:
 def _details(error: SteplineError, metadata: dict[str, str]) -> list[Message]:
     """The detail messages beyond ErrorInfo; may add keys to `metadata`."""
     if isinstance(error, InvalidArgument):
-        shown = error.violations[:MAX_FIELD_VIOLATIONS]
-        if len(error.violations) > len(shown):
-            metadata["omitted_violations"] = str(len(error.violations) - len(shown))
-        return [
-            error_details_pb2.BadRequest(
-                field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(
-                        field=_clip(v.field), description=_clip(v.description)
-                    )
-                    for v in shown
-                ]
+        bad_request = error_details_pb2.BadRequest()
+        for violation in error.violations[:MAX_FIELD_VIOLATIONS]:
+            shown = bad_request.field_violations.add(
+                field=_clip(violation.field), description=_clip(violation.description)
             )
-        ]
+            if (
+                bad_request.ByteSize() > MAX_VIOLATIONS_BYTES
+                and len(bad_request.field_violations) > 1
+            ):
+                bad_request.field_violations.remove(shown)
+                break
+        omitted = len(error.violations) - len(bad_request.field_violations)
+        if omitted:
+            metadata["omitted_violations"] = str(omitted)
+        return [bad_request]
     if isinstance(error, FailedPrecondition):
         description = f"run is {error.status}"
         if error.suspended_steps:
@@ -102,7 +114,9 @@ def _details(error: SteplineError, metadata: dict[str, str]) -> list[Message]:
             error_details_pb2.PreconditionFailure(
                 violations=[
                     error_details_pb2.PreconditionFailure.Violation(
-                        type=error.reason, subject=f"run/{error.run_id}", description=description
+                        type=error.reason,
+                        subject=_clip(f"run/{error.run_id}", MAX_ID),
+                        description=_clip(description, MAX_ID),
                     )
                 ]
             )
@@ -121,12 +135,28 @@ def _details(error: SteplineError, metadata: dict[str, str]) -> list[Message]:
 
 
 def _clip(text: str, limit: int = MAX_TEXT) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    """`text` in at most `limit` UTF-8 bytes, ending in "…" when cut."""
+    encoded = text.encode()
+    if len(encoded) <= limit:
+        return text
+    return encoded[: limit - 3].decode(errors="ignore") + "…"
+
+
+def _clip_message(text: str, limit: int = MAX_MESSAGE) -> str:
+    """`text` cut so that percent-encoded (as gRPC sends it) it takes at most `limit` bytes."""
+    used = 0
+    for index, char in enumerate(text):
+        used += 1 if " " <= char <= "~" and char != "%" else 3 * len(char.encode())
+        if used > limit - 9:  # room for "…", itself three encoded bytes
+            return text[:index] + "…"
+    return text
 
 
 def _resource(resource_type: str, name: str, description: str) -> Message:
     info: Message = error_details_pb2.ResourceInfo(
-        resource_type=resource_type, resource_name=name, description=description
+        resource_type=resource_type,
+        resource_name=_clip(name, MAX_ID),
+        description=_clip(description),
     )
     return info
 
@@ -140,9 +170,11 @@ def to_status(error: BaseException) -> status_pb2.Status:
         extra: list[Message] = []
     else:
         code = status_code(error)
-        message = _clip(error.message, MAX_MESSAGE)
+        text = STORE_UNAVAILABLE_MESSAGE if isinstance(error, StoreUnavailable) else error.message
+        message = _clip_message(text)
         metadata = {key: str(value) for key, value in error.metadata.items()}
         extra = _details(error, metadata)
+        metadata = {key: _clip(value, MAX_ID) for key, value in metadata.items()}
         info = error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=metadata)
     status = status_pb2.Status(code=code.value[0], message=message)
     for detail in [info, *extra]:
@@ -174,6 +206,8 @@ def unary(
     @functools.wraps(method)
     async def guarded(self: S, request: Req, context: Any) -> Resp:
         try:
+            if isinstance(request, MalformedRequest):
+                raise request.error()
             return await method(self, request, context)
         except grpc.aio.AbortError:
             raise
@@ -194,6 +228,8 @@ def streaming(
     @functools.wraps(method)
     async def guarded(self: S, request: Req, context: Any) -> AsyncGenerator[Resp, None]:
         try:
+            if isinstance(request, MalformedRequest):
+                raise request.error()
             # aclosing: a stream that ends early closes the inner generator (and its reads) now.
             async with aclosing(method(self, request, context)) as responses:
                 async for response in responses:

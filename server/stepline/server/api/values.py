@@ -15,6 +15,7 @@ from typing import Any
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
+from ..context import MAX_JSON_DEPTH
 from ..errors import FieldViolation, InvalidArgument
 
 # Doubles represent every integer up to 2**53 exactly; beyond that an "integral" float is a
@@ -119,8 +120,10 @@ class RequestDecoder:
             self.fail(field, "is required")
         return value
 
-    def value(self, value: struct_pb2.Value, field: str) -> Any:
-        """Decode a Value; an unset Value is JSON null."""
+    def value(self, value: struct_pb2.Value, field: str, *, depth: int = 0) -> Any:
+        """Decode a Value; an unset Value is JSON null. `depth` counts the objects and arrays
+        around it: a value nested deeper than MAX_JSON_DEPTH is refused (whatever holds it must
+        stay encodable in every message that carries it back)."""
         kind = value.WhichOneof("kind")
         if kind == "number_value":
             return self._number(value.number_value, field)
@@ -129,18 +132,29 @@ class RequestDecoder:
         if kind == "bool_value":
             return value.bool_value
         if kind == "struct_value":
-            return self.struct(value.struct_value, field)
+            return self.struct(value.struct_value, field, depth=depth)
         if kind == "list_value":
+            if not self._nestable(field, depth):
+                return None
             return [
-                self.value(item, f"{field}[{index}]")
+                self.value(item, f"{field}[{index}]", depth=depth + 1)
                 for index, item in enumerate(value.list_value.values)
             ]
         return None
 
-    def struct(self, struct: struct_pb2.Struct, field: str) -> dict[str, Any]:
+    def struct(self, struct: struct_pb2.Struct, field: str, *, depth: int = 0) -> dict[str, Any]:
+        if not self._nestable(field, depth):
+            return {}
         return {
-            key: self.value(item, child_path(field, key)) for key, item in struct.fields.items()
+            key: self.value(item, child_path(field, key), depth=depth + 1)
+            for key, item in struct.fields.items()
         }
+
+    def _nestable(self, field: str, depth: int) -> bool:
+        if depth < MAX_JSON_DEPTH:
+            return True
+        self.fail(field, f"is nested too deeply (JSON values nest at most {MAX_JSON_DEPTH} levels)")
+        return False
 
     def optional_value(self, message: Message, field: str) -> Any:
         """The JSON value of a message field, or None when the field is unset."""

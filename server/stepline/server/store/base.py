@@ -221,9 +221,9 @@ class Store(Protocol):
         ...
 
     async def reclaim_abandoned(self, min_idle: float, limit: int = 100) -> int:
-        """Drop queue entries a worker took at least `min_idle` seconds ago and never
-        acknowledged (it died). Runs are recovered by `recover`; this keeps the queue's
-        bookkeeping bounded. Returns how many entries it dropped."""
+        """Queue again the runs of queue entries a worker took at least `min_idle` seconds
+        ago and never acknowledged (it died or stalled before acquiring them), and drop
+        those entries. Returns how many it queued again."""
         ...
 
     async def close(self) -> None: ...

@@ -354,7 +354,8 @@ class MemoryStore:
         return len(expired)
 
     async def reclaim_abandoned(self, min_idle: float, limit: int = 100) -> int:
-        """Nothing to do: a taken item leaves the in-process queue at once."""
+        """Nothing to do: a taken item leaves the in-process queue at once, and nothing
+        else takes items from it."""
         return 0
 
     async def close(self) -> None:

@@ -555,9 +555,9 @@ class RedisStore:
         return gone
 
     async def reclaim_abandoned(self, min_idle: float, limit: int = 100) -> int:
-        """Acknowledge and delete queue entries taken at least `min_idle` seconds ago and
-        never acknowledged: their consumer died. The runs themselves are the watchdog's
-        concern; this only keeps the queue's pending list from growing."""
+        """Queue again the runs of entries taken at least `min_idle` seconds ago and never
+        acknowledged (their consumer died before acquiring the run), then drop those
+        entries. A run queued twice is harmless: acquiring it is what counts."""
         command: list[Arg] = [
             "XAUTOCLAIM",
             self._keys.queue,
@@ -567,7 +567,6 @@ class RedisStore:
             "0-0",
             "COUNT",
             limit,
-            "JUSTID",
         ]
         with _reachable():
             try:
@@ -576,15 +575,20 @@ class RedisStore:
                 if str(err).startswith("NOGROUP"):
                     return 0
                 raise
-        ids = list(reply[1])
-        if ids:
-            await self._pipeline(
-                [
-                    ["XACK", self._keys.queue, self._keys.group, *ids],
-                    ["XDEL", self._keys.queue, *ids],
-                ]
-            )
-        return len(ids)
+        entries = [(entry_id, fields) for entry_id, fields in reply[1] if fields]
+        if not entries:
+            return 0
+        ids = [entry_id for entry_id, _ in entries]
+        # Fields come as [name, value, ...]; the one field is run_id.
+        requeue = [["XADD", self._keys.queue, "*", "run_id", fields[1]] for _, fields in entries]
+        await self._pipeline(
+            [
+                *requeue,
+                ["XACK", self._keys.queue, self._keys.group, *ids],
+                ["XDEL", self._keys.queue, *ids],
+            ]
+        )
+        return len(entries)
 
     async def close(self) -> None:
         """Close the clients this store created (not a client passed in)."""

@@ -4,8 +4,9 @@ Commands go out on one connection and their replies come back in order. With not
 wire, what was asked for during one event-loop iteration leaves in one socket write; while
 writes are in flight, new commands are held until replies come in and then leave together.
 So under load many runs' transitions cost one system call and one Redis read per round trip
-instead of one each, and an idle replica still sends at once. Replies are parsed by hiredis. Blocking reads (XREAD BLOCK, XREADGROUP BLOCK, pub/sub) hold a connection
-for their whole wait, so they stay on redis-py's blocking pool; this connection never blocks.
+instead of one each, and an idle replica still sends at once. Replies are parsed by hiredis.
+Blocking reads (XREAD BLOCK, XREADGROUP BLOCK, pub/sub) hold a connection for their whole
+wait, so they stay on redis-py's blocking pool; this connection never blocks.
 
 Failures use redis-py's exception types, so the store maps them as it maps redis-py's: a lost
 or refused connection is `ConnectionError`, a command unanswered for `command_timeout`
