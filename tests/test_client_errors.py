@@ -14,7 +14,9 @@ import grpc
 import pytest
 
 from stepline.client import (
+    Aborted,
     Client,
+    ConcurrentModification,
     CursorExpired,
     DeadlineExceeded,
     FailedPrecondition,
@@ -274,6 +276,17 @@ async def test_resume_already_claimed(client: Client, service: ScriptedService) 
     service.error = engine.ResumeAlreadyClaimed("r1")
     with pytest.raises(ResumeAlreadyClaimed) as caught:
         await client.resume_async("r1")
+    assert caught.value.code is grpc.StatusCode.ABORTED
+
+
+async def test_concurrent_modification_is_not_a_resume_race(
+    client: Client, service: ScriptedService
+) -> None:
+    service.error = engine.Conflict("r1")
+    with pytest.raises(ConcurrentModification) as caught:
+        await client.resume_async("r1")
+    assert not isinstance(caught.value, ResumeAlreadyClaimed)
+    assert isinstance(caught.value, Aborted)
     assert caught.value.code is grpc.StatusCode.ABORTED
 
 

@@ -17,6 +17,7 @@ from stepline.server.errors import (
     RunNotFound,
     WorkflowNotFound,
 )
+from stepline.server.executor import Execution
 from stepline.server.model import Event, EventType, RunStatus, StepStatus
 from stepline.server.runs import ResumeParams, RunService, StartParams
 from stepline.server.store import Store
@@ -445,3 +446,19 @@ async def test_watchers_of_one_run_share_the_blocking_reads(engine: Engine) -> N
     assert all([e.sequence for e in tail] == first for tail in tails)
     # One read per cursor the watchers pass through, not one per watcher.
     assert reads <= 3 * len(first)
+
+
+async def test_an_engine_error_fails_the_run_instead_of_recovering_it_for_ever(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(self: Execution) -> Any:
+        raise RuntimeError("a bug in the engine")
+
+    monkeypatch.setattr(Execution, "walk", broken)
+    run = await engine.run("sequence", {"value": 1})
+    assert run.snapshot.status is RunStatus.FAILED
+    assert run.snapshot.error is not None and run.snapshot.error.name == "EngineError"
+    assert "bug" not in run.snapshot.error.message  # internals stay in the server log
+    assert not run.leased
+    events = await engine.events(run.snapshot.run_id)
+    assert events[-1].is_finish and events[-1].data["status"] == "failed"

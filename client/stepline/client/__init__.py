@@ -8,6 +8,8 @@ async with await Client.connect("localhost:50051") as client:
 
 from .client import Client
 from .errors import (
+    Aborted,
+    ConcurrentModification,
     CursorExpired,
     DeadlineExceeded,
     FailedPrecondition,
@@ -48,8 +50,10 @@ from .models import (
 from .sync import SyncClient
 
 __all__ = [
+    "Aborted",
     "CancelResult",
     "Client",
+    "ConcurrentModification",
     "CursorExpired",
     "DeadlineExceeded",
     "EventType",

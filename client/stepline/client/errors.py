@@ -121,8 +121,16 @@ class MultipleSuspendedSteps(FailedPrecondition):
     """Several steps are suspended and the resume did not say which one."""
 
 
-class ResumeAlreadyClaimed(SteplineError):
+class Aborted(SteplineError):
+    """A concurrent change to the run won; reading the run again and retrying may succeed."""
+
+
+class ResumeAlreadyClaimed(Aborted):
     """Another resume of the same suspension won the race."""
+
+
+class ConcurrentModification(Aborted):
+    """The run changed while this call was changing it (e.g. two time travels at once)."""
 
 
 class CursorExpired(SteplineError):
@@ -161,6 +169,7 @@ _BY_REASON: dict[str, type[SteplineError]] = {
     "STEP_NOT_SUSPENDED": StepNotSuspended,
     "MULTIPLE_SUSPENDED_STEPS": MultipleSuspendedSteps,
     "RESUME_ALREADY_CLAIMED": ResumeAlreadyClaimed,
+    "CONCURRENT_MODIFICATION": ConcurrentModification,
     "CURSOR_EXPIRED": CursorExpired,
 }
 
@@ -169,7 +178,7 @@ _BY_CODE: dict[grpc.StatusCode, type[SteplineError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
     grpc.StatusCode.ALREADY_EXISTS: RunAlreadyExists,
     grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
-    grpc.StatusCode.ABORTED: ResumeAlreadyClaimed,
+    grpc.StatusCode.ABORTED: Aborted,
     grpc.StatusCode.OUT_OF_RANGE: CursorExpired,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from . import logs
 from .errors import LeaseLost, RunNotFound, StoreUnavailable
 from .executor import Execution, serialize_error
-from .model import Event, EventType, RunStatus, Snapshot, SnapshotImage, now
+from .model import ErrorData, Event, EventType, RunStatus, Snapshot, SnapshotImage, now
 from .store import Lease, Store, StoredRun, WorkItem
 from .store.base import CLAIM_GRACE
 from .workflows import Registry
@@ -397,12 +397,35 @@ class Worker:
             log.warning("store unavailable while executing run %s", run_id)
         except Exception:
             log.exception("engine error while executing run %s", run_id)
+            if lease is not None:
+                # A bug, not a step's failure (those are the run's own): re-running would
+                # meet it again, so the run fails now instead of being recovered for ever.
+                await self._fail_on_engine_error(lease)
         finally:
             unended = self._passes.pop(run_id, None)  # cancelled before its pass began
             if unended is not None and not unended.done():
                 unended.set_result(None)
             if handed_back and lease is not None:
                 await self._hand_back(lease)
+
+    async def _fail_on_engine_error(self, lease: Lease) -> None:
+        with contextlib.suppress(StoreUnavailable, RunNotFound, LeaseLost):
+            stored = await self.store.get(lease.run_id)
+            if stored is None or stored.snapshot.status.settled:
+                return
+            snapshot = stored.snapshot
+            error = ErrorData(
+                message="the server failed while executing this run; see its log",
+                name="EngineError",
+            )
+            snapshot.status, snapshot.error, snapshot.updated_at = RunStatus.FAILED, error, now()
+            snapshot.active_steps.clear()
+            snapshot.pending_resume = None
+            finish = Event(
+                type=EventType.WORKFLOW_FINISH,
+                data={"status": RunStatus.FAILED.value, "error": error.model_dump()},
+            )
+            await self.store.write(snapshot, [finish], fence=lease.fence, release=True)
 
     async def _hand_back(self, lease: Lease) -> None:
         with contextlib.suppress(StoreUnavailable, RunNotFound, LeaseLost):
