@@ -168,7 +168,7 @@ class RedisStore:
         held = bool(lease_owner)
         until = now + lease_ttl
         args = [
-            snapshot.model_dump_json(),
+            SnapshotImage.of(snapshot).json,
             snapshot.status.value,
             snapshot.workflow_id,
             snapshot.resource_id,
@@ -244,7 +244,10 @@ class RedisStore:
             self._max_events,
             "1" if finished else "0",
             # The sequence lives in the entry id, so it is left out of the entry.
-            *(event.model_dump_json(exclude={"sequence"}) for event in events),
+            *(
+                event.model_dump_json(exclude={"sequence"}, exclude_defaults=True)
+                for event in events
+            ),
         ]
 
         commands: list[list[Arg]] = []

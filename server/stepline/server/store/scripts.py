@@ -93,6 +93,16 @@ local keep = tonumber(ARGV[11])
 if keep > 0 and seq > keep then
   redis.call('XTRIM', KEYS[2], 'MINID', '0-' .. (seq - keep + 1))
 end
+-- A finished run's log is written no more: store it at its exact size (a new stream node is
+-- allocated at stream-node-max-bytes, 4 KiB by default, whatever it holds). Blocked readers
+-- are served after the script, from the restored key.
+if ARGV[12] == '1' then
+  local image = redis.call('DUMP', KEYS[2])
+  if image then
+    redis.call('DEL', KEYS[2])
+    redis.call('RESTORE', KEYS[2], 0, image)
+  end
+end
 if ARGV[12] == '1' and ARGV[10] ~= '0' then
   redis.call('PEXPIRE', KEYS[1], ARGV[10])
   redis.call('PEXPIRE', KEYS[2], ARGV[10])
