@@ -1,0 +1,457 @@
+// The Mastra side of the Stepline benchmark: the same workloads as bench/driver.py, run
+// in-process on @mastra/core with its in-memory store or its LibSQL store (a file database).
+//
+//   node --expose-gc driver.mjs --store memory|libsql --dbdir DIR --config '{...}'
+//
+// bench/run.py copies this file next to the installed node_modules and runs it; it prints one
+// JSON object (the last stdout line) shaped like the Python driver's. The graphs mirror
+// bench/flows.py: keep the two in step.
+import { EventEmitter } from 'node:events';
+import { statSync } from 'node:fs';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { Mastra } from '@mastra/core';
+import { InMemoryStore } from '@mastra/core/storage';
+import { createStep, createWorkflow } from '@mastra/core/workflows';
+import { LibSQLStore } from '@mastra/libsql';
+import { z } from 'zod';
+
+const MB = 1024 * 1024;
+const { values: args } = parseArgs({
+  options: {
+    store: { type: 'string', default: 'memory' },
+    dbdir: { type: 'string', default: '.' },
+    config: { type: 'string', default: '{}' },
+  },
+});
+const defaults = {
+  workloads: ['W1'],
+  concurrency: 64,
+  w1_seq_runs: 2000,
+  w1_seq_warmup: 200,
+  w1_conc_runs: 10000,
+  w1_conc_warmup: 1000,
+  w2_runs: 20000,
+  w3_cycles: 5000,
+  w3_warmup: 500,
+  w4_stream_runs: 500,
+  w4_stream_warmup: 50,
+  w4_subscribers: 1000,
+  w4_tick_delay: 0.02,
+  w4_hold: 1.0,
+  w5_runs: 50,
+  w5_warmup: 5,
+  w7_runs: 100000,
+  populate_concurrency: 256,
+};
+const config = { ...defaults, ...JSON.parse(args.config) };
+// Every observeStream() subscriber listens on the run's emitter (W4 fan-out).
+EventEmitter.defaultMaxListeners = config.w4_subscribers + 100;
+
+// -- workflows (bench/flows.py) --------------------------------------------------------------
+const Num = z.object({ value: z.number() });
+const Tick = z.object({ value: z.number(), delay: z.number().default(0), hold: z.number().default(0) });
+const sleep = (seconds) => new Promise((resolve) => setTimeout(resolve, seconds * 1000));
+const adder = (id) =>
+  createStep({
+    id,
+    inputSchema: Num,
+    outputSchema: Num,
+    execute: async ({ inputData }) => ({ value: inputData.value + 1 }),
+  });
+
+let finished = 0; // runs of bench_add3 that reached a final status (W2 drain)
+let add3 = createWorkflow({
+  id: 'bench_add3',
+  inputSchema: Num,
+  outputSchema: Num,
+  options: { onFinish: () => { finished += 1; } },
+});
+for (const id of ['add_a', 'add_b', 'add_c']) add3 = add3.then(adder(id));
+add3 = add3.commit();
+
+const gate = createStep({
+  id: 'gate',
+  inputSchema: Num,
+  outputSchema: Num,
+  resumeSchema: z.object({ ok: z.boolean().default(true) }),
+  execute: async ({ inputData, resumeData, suspend }) => {
+    if (!resumeData) return await suspend({ value: inputData.value }, { resumeLabel: 'gate' });
+    return { value: inputData.value };
+  },
+});
+const approve = createWorkflow({ id: 'bench_approve', inputSchema: Num, outputSchema: Num })
+  .then(gate)
+  .then(adder('after'))
+  .commit();
+
+let steps100 = createWorkflow({ id: 'bench_steps100', inputSchema: Num, outputSchema: Num });
+for (let i = 0; i < 100; i++) steps100 = steps100.then(adder(`s${String(i).padStart(3, '0')}`));
+steps100 = steps100.commit();
+
+const hold = createStep({
+  id: 'hold',
+  inputSchema: Tick,
+  outputSchema: Tick,
+  execute: async ({ inputData }) => { await sleep(inputData.hold); return inputData; },
+});
+let ticks = createWorkflow({ id: 'bench_ticks', inputSchema: Tick, outputSchema: Tick }).then(hold);
+for (let i = 0; i < 20; i++) {
+  ticks = ticks.then(
+    createStep({
+      id: `t${String(i).padStart(2, '0')}`,
+      inputSchema: Tick,
+      outputSchema: Tick,
+      execute: async ({ inputData }) => {
+        await sleep(inputData.delay);
+        return { ...inputData, value: inputData.value + 1 };
+      },
+    }),
+  );
+}
+ticks = ticks.commit();
+
+const dbFile = join(args.dbdir, 'mastra-bench.db');
+const storage =
+  args.store === 'libsql'
+    ? new LibSQLStore({ id: 'bench-libsql', url: `file:${dbFile}` })
+    : new InMemoryStore();
+const mastra = new Mastra({
+  storage,
+  logger: false,
+  workflows: { bench_add3: add3, bench_approve: approve, bench_steps100: steps100, bench_ticks: ticks },
+});
+const wf = {
+  add3: mastra.getWorkflow('bench_add3'),
+  approve: mastra.getWorkflow('bench_approve'),
+  steps100: mastra.getWorkflow('bench_steps100'),
+  ticks: mastra.getWorkflow('bench_ticks'),
+};
+
+// -- helpers ---------------------------------------------------------------------------------
+const errors = {};
+const firstErrors = {};
+function fail(kind, detail) {
+  errors[kind] = (errors[kind] ?? 0) + 1;
+  if (!(kind in firstErrors)) firstErrors[kind] = String(detail).slice(0, 300);
+}
+const errorTotal = () => Object.values(errors).reduce((a, b) => a + b, 0);
+const now = () => performance.now() / 1000; // seconds
+function percentile(samples, q) {
+  if (samples.length === 0) return null;
+  const sorted = [...samples].sort((a, b) => a - b);
+  const rank = Math.max(1, Math.ceil(q * sorted.length));
+  return sorted[Math.min(rank, sorted.length) - 1];
+}
+const ms = (seconds) => (seconds === null ? null : Math.round(seconds * 1e7) / 1e4);
+const round = (x, digits = 2) => Math.round(x * 10 ** digits) / 10 ** digits;
+async function pool(count, concurrency, task) {
+  let next = 0;
+  const worker = async () => {
+    while (next < count) {
+      const index = next++;
+      await task(index);
+    }
+  };
+  const began = now();
+  await Promise.all(Array.from({ length: Math.min(concurrency, count) }, worker));
+  return now() - began;
+}
+let storedRuns = 0;
+
+async function startAdd3(latencies) {
+  const began = now();
+  try {
+    const run = await wf.add3.createRun();
+    const result = await run.start({ inputData: { value: 1 } });
+    if (latencies) latencies.push(now() - began);
+    storedRuns += 1;
+    if (result.status !== 'success' || result.result?.value !== 4) {
+      fail('start result', `${result.status} ${JSON.stringify(result.result)}`);
+      return false;
+    }
+    return true;
+  } catch (error) {
+    fail('start', error?.message ?? error);
+    return false;
+  }
+}
+
+// -- workloads -------------------------------------------------------------------------------
+async function w1() {
+  for (let i = 0; i < config.w1_seq_warmup; i++) await startAdd3(null);
+  const latencies = [];
+  let seqOk = 0;
+  for (let i = 0; i < config.w1_seq_runs; i++) if (await startAdd3(latencies)) seqOk += 1;
+  let concOk = 0;
+  const one = async () => {
+    if (await startAdd3(null)) concOk += 1; // (`x += await f()` would lose updates)
+  };
+  await pool(config.w1_conc_warmup, config.concurrency, one);
+  concOk = 0;
+  const elapsed = await pool(config.w1_conc_runs, config.concurrency, one);
+  return {
+    seq_p50_ms: ms(percentile(latencies, 0.5)),
+    seq_p99_ms: ms(percentile(latencies, 0.99)),
+    seq_runs: seqOk,
+    conc_runs_per_s: round(concOk / elapsed),
+    conc_runs: concOk,
+  };
+}
+
+async function backlog(runs, concurrency) {
+  // startAsync is fire-and-forget in-process; the workflow's onFinish counts finished runs.
+  const base = finished;
+  let accepted = 0;
+  const began = now();
+  const acceptS = await pool(runs, concurrency, async () => {
+    try {
+      const run = await wf.add3.createRun();
+      await run.startAsync({ inputData: { value: 1 } });
+      accepted += 1;
+    } catch (error) {
+      fail('startAsync', error?.message ?? error);
+    }
+  });
+  const acceptedAt = now();
+  const limit = now() + 1800;
+  while (finished - base < accepted && now() < limit) await sleep(0.002);
+  const done = finished - base;
+  if (done < accepted) fail('backlog', `${accepted - done} runs did not finish`);
+  const drainS = now() - began;
+  storedRuns += done;
+  return {
+    accepted,
+    finished: done,
+    accept_s: round(acceptS, 4),
+    accepted_per_s: round(accepted / acceptS),
+    drain_s: round(drainS, 4),
+    drain_after_accept_s: round(now() - acceptedAt, 4),
+    drain_runs_per_s: round(done / drainS),
+  };
+}
+
+async function w2() {
+  return backlog(config.w2_runs, config.concurrency);
+}
+
+async function w3() {
+  let ok = 0;
+  let latencies = [];
+  const cycle = async () => {
+    const began = now();
+    try {
+      const run = await wf.approve.createRun();
+      const started = await run.start({ inputData: { value: 1 } });
+      if (started.status !== 'suspended') return fail('W3 start', started.status);
+      const resumed = await run.resume({ step: 'gate', resumeData: { ok: true } });
+      latencies.push(now() - began);
+      storedRuns += 1;
+      if (resumed.status === 'success' && resumed.result?.value === 2) ok += 1;
+      else fail('W3 resume', resumed.status);
+    } catch (error) {
+      fail('W3 call', error?.message ?? error);
+    }
+  };
+  await pool(config.w3_warmup, config.concurrency, cycle);
+  ok = 0;
+  latencies = [];
+  const elapsed = await pool(config.w3_cycles, config.concurrency, cycle);
+  return { cycles_per_s: round(ok / elapsed), cycle_p50_ms: ms(percentile(latencies, 0.5)), cycles: ok };
+}
+
+async function w4() {
+  const first = [];
+  const finish = [];
+  let complete = 0;
+  const once = async (record) => {
+    const began = now();
+    let gotFirst = null;
+    let events = 0;
+    let ok = false;
+    try {
+      const run = await wf.add3.createRun();
+      const output = run.stream({ inputData: { value: 1 } });
+      for await (const event of output.fullStream) {
+        if (gotFirst === null) gotFirst = now() - began;
+        events += 1;
+        if (event.type === 'workflow-finish') ok = event.payload?.workflowStatus === 'success';
+      }
+    } catch (error) {
+      return fail('stream', error?.message ?? error);
+    }
+    storedRuns += 1;
+    if (!record) return;
+    if (gotFirst !== null) first.push(gotFirst);
+    if (ok && events === 8) {
+      finish.push(now() - began);
+      complete += 1;
+    } else fail('stream events', `${events} events, ok=${ok}`);
+  };
+  for (let i = 0; i < config.w4_stream_warmup; i++) await once(false);
+  for (let i = 0; i < config.w4_stream_runs; i++) await once(true);
+  return {
+    first_event_p50_ms: ms(percentile(first, 0.5)),
+    first_event_p99_ms: ms(percentile(first, 0.99)),
+    finish_p50_ms: ms(percentile(finish, 0.5)),
+    finish_p99_ms: ms(percentile(finish, 0.99)),
+    streams: complete,
+    ...(await fanOut()),
+  };
+}
+
+async function fanOut() {
+  // observeStream() subscribers on one bench_ticks run, attached while it holds.
+  const run = await wf.ticks.createRun();
+  const output = run.stream({
+    inputData: { value: 0, delay: config.w4_tick_delay, hold: config.w4_hold },
+  });
+  const main = (async () => {
+    let count = 0;
+    for await (const _event of output.fullStream) count += 1;
+    return count;
+  })();
+  const counts = new Array(config.w4_subscribers).fill(0);
+  const finishAt = [];
+  let failures = 0;
+  const opened = now();
+  const subscribe = async (index) => {
+    try {
+      const stream = await run.observeStream();
+      for await (const event of stream) {
+        counts[index] += 1;
+        if (event.type === 'workflow-finish') finishAt.push(now());
+      }
+    } catch (error) {
+      failures += 1;
+      fail('observeStream', error?.message ?? error);
+    }
+  };
+  const subscribers = Promise.all(Array.from({ length: config.w4_subscribers }, (_, i) => subscribe(i)));
+  let timer;
+  const limit = new Promise((resolve) => {
+    timer = setTimeout(() => resolve(true), (config.w4_hold + 21 * config.w4_tick_delay + 120) * 1000);
+  });
+  const hung = await Promise.race([subscribers.then(() => false), limit]);
+  clearTimeout(timer);
+  const allDoneS = now() - opened;
+  const expected = hung ? Math.max(...counts) : await main;
+  storedRuns += 1;
+  return {
+    watch_subscribers: config.w4_subscribers,
+    watch_events_expected: expected,
+    watch_complete: counts.filter((c) => c === expected).length,
+    watch_lost_events: counts.reduce((sum, c) => sum + Math.max(0, expected - c), 0),
+    watch_duplicate_events: counts.reduce((sum, c) => sum + Math.max(0, c - expected), 0),
+    watch_failed_streams: failures,
+    watch_hung_streams: hung ? config.w4_subscribers - finishAt.length : 0,
+    watch_finish_spread_ms: finishAt.length ? ms(Math.max(...finishAt) - Math.min(...finishAt)) : null,
+    watch_all_done_s: round(allDoneS, 3),
+  };
+}
+
+async function w5() {
+  const latencies = [];
+  let ok = 0;
+  for (let i = 0; i < config.w5_warmup + config.w5_runs; i++) {
+    const began = now();
+    try {
+      const run = await wf.steps100.createRun();
+      const result = await run.start({ inputData: { value: 0 } });
+      storedRuns += 1;
+      if (result.status !== 'success' || result.result?.value !== 100) {
+        fail('W5 result', result.status);
+        continue;
+      }
+    } catch (error) {
+      fail('W5 start', error?.message ?? error);
+      continue;
+    }
+    if (i >= config.w5_warmup) {
+      latencies.push(now() - began);
+      ok += 1;
+    }
+  }
+  const p50 = percentile(latencies, 0.5);
+  return { run_p50_ms: ms(p50), per_step_us: p50 === null ? null : round((p50 / 100) * 1e6), runs: ok };
+}
+
+function storeBytes() {
+  if (args.store !== 'libsql') {
+    globalThis.gc?.();
+    return process.memoryUsage().heapUsed;
+  }
+  let total = 0;
+  for (const suffix of ['', '-wal', '-shm']) {
+    try {
+      total += statSync(dbFile + suffix).size;
+    } catch {
+      // not there (yet)
+    }
+  }
+  return total;
+}
+
+async function w7() {
+  // Populate with start() and `populate_concurrency` in flight (startAsync would hold every
+  // run of the backlog in memory at once).
+  globalThis.gc?.();
+  const rssBefore = process.memoryUsage().rss;
+  const bytesBefore = storeBytes();
+  const storedBefore = storedRuns;
+  let ok = 0;
+  const elapsed = await pool(config.w7_runs, config.populate_concurrency, async () => {
+    if (await startAdd3(null)) ok += 1;
+  });
+  globalThis.gc?.();
+  const rssAfter = process.memoryUsage().rss;
+  const bytesAfter = storeBytes();
+  const runs = Math.max(1, ok);
+  return {
+    runs: ok,
+    populate_runs_per_s: round(ok / elapsed),
+    rss_before_mb: round(rssBefore / MB),
+    rss_after_mb: round(rssAfter / MB),
+    rss_growth_mb: round((rssAfter - rssBefore) / MB),
+    store_bytes_per_run: round((bytesAfter - bytesBefore) / runs, 1),
+    stored_runs: storedBefore + ok,
+  };
+}
+
+async function timed(name, fn) {
+  const before = errorTotal();
+  const began = now();
+  process.stderr.write(`mastra(${args.store}): ${name} ...\n`);
+  const result = await fn();
+  result.errors = errorTotal() - before;
+  result.wall_s = round(now() - began);
+  process.stderr.write(`mastra(${args.store}): ${name} done in ${result.wall_s} s\n`);
+  return result;
+}
+
+const out = {};
+const wanted = new Set(config.workloads);
+for (const [name, fn] of [['W1', w1], ['W2', w2], ['W3', w3], ['W4', w4], ['W5', w5]]) {
+  if (wanted.has(name)) out[name] = await timed(name, fn);
+}
+if (wanted.has('W6') || wanted.has('W7')) {
+  const populated = await timed('W7', w7);
+  if (wanted.has('W7')) out.W7 = populated;
+}
+if (wanted.has('W6')) {
+  const stored = storedRuns;
+  out.W6 = await timed('W6', w1);
+  out.W6.stored_runs = stored;
+}
+console.log(
+  JSON.stringify({
+    engine: `mastra-${args.store}`,
+    mastra_core: '1.71.0',
+    node: process.version,
+    config,
+    workloads: out,
+    errors,
+    first_errors: firstErrors,
+  }),
+);
+process.exit(0);
