@@ -56,6 +56,7 @@ from stepline.server.settings import Settings
 from stepline.server.store import RedisStore
 from stepline.v1 import run_pb2, workflow_service_pb2
 from stepline.v1 import workflow_service_pb2 as pb
+from tests.grpc_harness import unpack
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -251,10 +252,10 @@ def check(outcome: Outcome, *, allowed: Iterable[grpc.StatusCode] = REFUSALS) ->
     status = rpc_status.from_call(error)
     assert status is not None, f"no google.rpc.Status details: {outcome}"
     assert status.code == outcome.code.value[0]
-    infos = _unpack(status, error_details_pb2.ErrorInfo)
+    infos = unpack(status, error_details_pb2.ErrorInfo)
     assert len(infos) == 1 and infos[0].domain == DOMAIN and infos[0].reason, str(outcome)
     if outcome.code is grpc.StatusCode.INVALID_ARGUMENT:
-        [bad_request] = _unpack(status, error_details_pb2.BadRequest)
+        [bad_request] = unpack(status, error_details_pb2.BadRequest)
         assert bad_request.field_violations, str(outcome)
         for violation in bad_request.field_violations:
             assert violation.field and violation.description, str(outcome)
@@ -264,18 +265,8 @@ def check(outcome: Outcome, *, allowed: Iterable[grpc.StatusCode] = REFUSALS) ->
     return status
 
 
-def _unpack(status: Any, kind: type[Any]) -> list[Any]:
-    found = []
-    for packed in status.details:
-        message = kind()
-        if packed.Is(message.DESCRIPTOR):
-            packed.Unpack(message)
-            found.append(message)
-    return found
-
-
 def violations(status: Any) -> list[tuple[str, str]]:
-    [bad_request] = _unpack(status, error_details_pb2.BadRequest)
+    [bad_request] = unpack(status, error_details_pb2.BadRequest)
     return [(v.field, v.description) for v in bad_request.field_violations]
 
 
@@ -509,7 +500,7 @@ async def test_bytes_that_are_no_request_are_invalid_argument(hostile: Hostile) 
             outcome = await hostile.call(rpc, raw)
             status = check(outcome, allowed={grpc.StatusCode.INVALID_ARGUMENT})
             assert status is not None, str(outcome)
-            assert _unpack(status, error_details_pb2.ErrorInfo)[0].reason == "MALFORMED_REQUEST"
+            assert unpack(status, error_details_pb2.ErrorInfo)[0].reason == "MALFORMED_REQUEST"
             [(field_name, description)] = violations(status)
             if expected == "truncated":
                 # The request's field number 1 claims more bytes than there are.
@@ -704,7 +695,7 @@ async def test_huge_strings(hostile: Hostile) -> None:
     outcome = await hostile.call(method("StartAsync"), bad)
     status = check(outcome, allowed={grpc.StatusCode.INVALID_ARGUMENT})
     assert 1 <= len(violations(status)) <= 10
-    [info] = _unpack(status, error_details_pb2.ErrorInfo)
+    [info] = unpack(status, error_details_pb2.ErrorInfo)
     assert int(info.metadata["omitted_violations"]) == 300 - len(violations(status))
 
     # 3 MB of input is accepted (under the 4 MiB limit), and the run works; its result is

@@ -47,6 +47,7 @@ from stepline.server.auth import READ_METHODS, required_scope
 from stepline.server.settings import Settings
 from stepline.server.store import RedisStore
 from stepline.v1 import workflow_service_pb2
+from tests.grpc_harness import unpack
 from tests.processes import free_port
 
 pytestmark = pytest.mark.timeout(60)
@@ -199,19 +200,9 @@ class Outcome:
         return status
 
     def info(self) -> Any:
-        [info] = _unpack(self.status(), error_details_pb2.ErrorInfo)
+        [info] = unpack(self.status(), error_details_pb2.ErrorInfo)
         assert info.domain == "stepline.dev"
         return info
-
-
-def _unpack(status: Any, kind: type[Any]) -> list[Any]:
-    found = []
-    for packed in status.details:
-        message = kind()
-        if packed.Is(message.DESCRIPTOR):
-            packed.Unpack(message)
-            found.append(message)
-    return found
 
 
 async def call(
@@ -539,6 +530,6 @@ async def test_an_unreachable_redis_is_unavailable_without_its_address() -> None
                 text = _error_text(outcome)
                 assert str(port) not in text and "127.0.0.1" not in text, text
                 assert "Connect" not in text and "Errno" not in text, text
-                assert _unpack(outcome.status(), error_details_pb2.RetryInfo)
+                assert unpack(outcome.status(), error_details_pb2.RetryInfo)
     finally:
         await server.stop(grace=1)
