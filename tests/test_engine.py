@@ -394,6 +394,14 @@ async def collect(engine: Engine, run_id: str, **kw: Any) -> list[Event]:
     return await asyncio.wait_for(go(), 10)
 
 
+async def test_watch_from_the_end_of_a_suspended_run_ends(engine: Engine) -> None:
+    run = await engine.run("approval", {})
+    assert run.snapshot.status is RunStatus.SUSPENDED
+    # Settled: nothing more comes until someone resumes it (a reconnect after the suspended
+    # finish must not hang).
+    assert await collect(engine, run.snapshot.run_id, after_sequence=run.last_sequence) == []
+
+
 async def test_watch_replays_a_finished_run_including_finish(engine: Engine) -> None:
     run = await engine.run("sequence", {"value": 1})
     events = await collect(engine, run.snapshot.run_id)
@@ -410,7 +418,10 @@ async def test_watch_tails_a_live_run_across_suspend_and_resume(engine: Engine) 
     assert until_suspend[-1].data["status"] == "suspended"
 
     async def follow() -> list[Event]:
-        return await collect(engine, run_id, after_sequence=run.last_sequence)
+        # A suspended run is settled: following it into its resume takes keep_open.
+        return await collect(
+            engine, run_id, after_sequence=run.last_sequence, keep_open_on_suspend=True
+        )
 
     task = asyncio.create_task(follow())
     await asyncio.sleep(0.1)
@@ -434,7 +445,9 @@ async def test_watchers_of_one_run_share_the_blocking_reads(engine: Engine) -> N
 
     engine.store.wait_events = counted  # type: ignore[method-assign]
     watchers = [
-        asyncio.create_task(collect(engine, run_id, after_sequence=run.last_sequence))
+        asyncio.create_task(
+            collect(engine, run_id, after_sequence=run.last_sequence, keep_open_on_suspend=True)
+        )
         for _ in range(300)
     ]
     await asyncio.sleep(0.2)  # every watcher is waiting for the next event

@@ -422,7 +422,7 @@ async def test_expired_lease_is_taken_over_with_a_higher_fence(store: Store) -> 
     assert new.fence > old.fence
     with pytest.raises(LeaseLost):
         await store.write(snapshot(status=RUNNING), events("late"), fence=old.fence)
-    assert not await store.renew("run-1", old.fence, 30)
+    assert not (await store.renew("run-1", old.fence, 30)).held
     await store.release("run-1", old.fence)
     assert (await get(store)).leased
     await store.write(snapshot(status=RUNNING), events("a"), fence=new.fence)
@@ -432,13 +432,21 @@ async def test_expired_lease_is_taken_over_with_a_higher_fence(store: Store) -> 
 async def test_renew_extends_a_current_lease_only(store: Store) -> None:
     fence = await held(store, ttl=0.2)
 
-    assert await store.renew("run-1", fence, 30)
+    assert (await store.renew("run-1", fence, 30)).held
     await asyncio.sleep(0.3)
 
     assert (await get(store)).leased
     assert await store.acquire("run-1", "worker-2", 30) is None
-    assert not await store.renew("run-1", fence + 1, 30)
-    assert not await store.renew("missing", 1, 30)
+    assert not (await store.renew("run-1", fence + 1, 30)).held
+    assert not (await store.renew("missing", 1, 30)).held
+
+
+async def test_renew_reports_a_requested_cancel(store: Store) -> None:
+    fence = await held(store)
+    assert not (await store.renew("run-1", fence, 30)).cancel_requested
+    assert await store.request_cancel("run-1")
+    renewal = await store.renew("run-1", fence, 30)
+    assert renewal.held and renewal.cancel_requested
 
 
 async def test_release_hands_the_run_back(store: Store) -> None:
@@ -449,7 +457,7 @@ async def test_release_hands_the_run_back(store: Store) -> None:
     assert not (await get(store)).leased
     with pytest.raises(LeaseLost):
         await store.write(snapshot(status=RUNNING), fence=fence)
-    assert not await store.renew("run-1", fence, 30)
+    assert not (await store.renew("run-1", fence, 30)).held
     lease = await store.acquire("run-1", "worker-2", 30)
     assert lease is not None
     assert lease.fence == fence + 1

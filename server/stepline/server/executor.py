@@ -642,12 +642,15 @@ class Execution:
         self, unit_id: str, prior: StepRecord | None
     ) -> tuple[Outcome | None, PendingResume | None]:
         """What the snapshot already decides for a step: its recorded outcome when it needs no
-        execution (succeeded; suspended and not the resume target), else the pending resume
-        that targets it (or None for a fresh or re-driven run)."""
+        execution (succeeded; failed, when a pass died before recording the run's end;
+        suspended and not the resume target), else the pending resume that targets it (or
+        None for a fresh or re-driven run). Time travel clears the records it re-runs."""
         if prior is None:
             return None, None
         if prior.status is StepStatus.SUCCESS:
             return Outcome(Kind.OK, prior.output), None
+        if prior.status is StepStatus.FAILED:
+            return Outcome(Kind.FAILED, error=prior.error), None
         if prior.status is StepStatus.SUSPENDED:
             pending = self.snap.pending_resume
             if pending is None or pending.step_id != unit_id:

@@ -396,7 +396,9 @@ class RunService:
             raise CursorExpired(run_id, after_sequence, first_kept)
         cursor = after_sequence
         while True:
-            if stored.snapshot.status.finished and stored.last_sequence <= cursor:
+            status = stored.snapshot.status
+            ended = status.finished or (status is RunStatus.SUSPENDED and not keep_open_on_suspend)
+            if ended and stored.last_sequence <= cursor:
                 return  # a reconnect after the final event: nothing more will come
             events = await self._next_events(run_id, cursor, _TAIL_BLOCK)
             if not events:

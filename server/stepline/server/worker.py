@@ -496,9 +496,13 @@ class Worker:
         while True:
             await asyncio.sleep(self.lease_ttl / 3)
             try:
-                if not await self.store.renew(lease.run_id, lease.fence, self.lease_ttl):
+                renewal = await self.store.renew(lease.run_id, lease.fence, self.lease_ttl)
+                if not renewal.held:
                     log.warning("lease on run %s was taken over", lease.run_id)
                     return
+                if renewal.cancel_requested:
+                    # Also when the cancel's notification was missed (pub/sub reconnecting).
+                    cancel.set()
             except StoreUnavailable:
                 log.warning("could not renew the lease on run %s", lease.run_id)
 

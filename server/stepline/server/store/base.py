@@ -63,6 +63,16 @@ class Lease:
 
 
 @dataclass(frozen=True)
+class Renewal:
+    """What renewing a lease found."""
+
+    # False: the fence is stale (another holder took the run, or it was deleted).
+    held: bool
+    # The run's cancel flag: a holder that missed the notification learns of it here.
+    cancel_requested: bool = False
+
+
+@dataclass(frozen=True)
 class WorkItem:
     """A queued request to execute a run. `token` is store-specific (e.g. a stream entry id)."""
 
@@ -144,8 +154,8 @@ class Store(Protocol):
         Returns None when the run is settled, missing or held."""
         ...
 
-    async def renew(self, run_id: str, fence: int, ttl: float) -> bool:
-        """Extend a lease; False if the fence is stale."""
+    async def renew(self, run_id: str, fence: int, ttl: float) -> Renewal:
+        """Extend a lease (not when the fence is stale), and report the cancel flag."""
         ...
 
     async def release(self, run_id: str, fence: int) -> None:

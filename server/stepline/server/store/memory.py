@@ -22,6 +22,7 @@ from .base import (
     CreateOutcome,
     Lease,
     Page,
+    Renewal,
     RunFilter,
     RunRow,
     StoredRun,
@@ -211,13 +212,13 @@ class MemoryStore:
         self._watchdog[run_id] = run.lease_until
         return Lease(run_id=run_id, fence=run.fence, run=run.stored(now))
 
-    async def renew(self, run_id: str, fence: int, ttl: float) -> bool:
+    async def renew(self, run_id: str, fence: int, ttl: float) -> Renewal:
         run = self._live(run_id)
         if run is None or run.fence != fence or not run.lease_owner:
-            return False
+            return Renewal(held=False)
         run.lease_until = time.time() + ttl
         self._watchdog[run_id] = run.lease_until
-        return True
+        return Renewal(held=True, cancel_requested=run.cancel)
 
     async def release(self, run_id: str, fence: int) -> None:
         run = self._live(run_id)

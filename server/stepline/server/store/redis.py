@@ -36,6 +36,7 @@ from .base import (
     CreateOutcome,
     Lease,
     Page,
+    Renewal,
     RunFilter,
     RunRow,
     StoredRun,
@@ -288,10 +289,10 @@ class RedisStore:
             return None
         return Lease(run_id=run_id, fence=int(reply[0]), run=_stored(reply[1:], now))
 
-    async def renew(self, run_id: str, fence: int, ttl: float) -> bool:
+    async def renew(self, run_id: str, fence: int, ttl: float) -> Renewal:
         until = time.time() + ttl
         renewed = await self._watched(self._renew, run_id, [str(fence), repr(until)], until)
-        return bool(renewed == 1)
+        return Renewal(held=renewed > 0, cancel_requested=renewed == 2)
 
     async def _watched(
         self, script: AsyncScript, run_id: str, args: list[str], deadline: float

@@ -143,10 +143,12 @@ return {fence, unpack(run_fields(KEYS[1]))}
 )
 
 # KEYS: run hash. ARGV: fence, lease_until.
+# Returns 0 (stale fence), 1 (renewed) or 2 (renewed, and a cancel is requested).
 RENEW = """
-local run = redis.call('HMGET', KEYS[1], 'fence', 'lease_owner')
+local run = redis.call('HMGET', KEYS[1], 'fence', 'lease_owner', 'cancel')
 if run[1] ~= ARGV[1] or not run[2] or run[2] == '' then return 0 end
 redis.call('HSET', KEYS[1], 'lease_until', ARGV[2])
+if run[3] == '1' then return 2 end
 return 1
 """
 
