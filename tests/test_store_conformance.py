@@ -464,6 +464,25 @@ async def test_release_hands_the_run_back(store: Store) -> None:
     await store.release("missing", 1)
 
 
+async def test_recover_pages_through_every_due_entry(store: Store) -> None:
+    ids = [f"run-{i}" for i in range(250)]
+    for run_id in ids:
+        await create(store, run_id)
+        assert await store.acquire(run_id, "dead-worker", 0.01) is not None
+    await asyncio.sleep(0.05)
+
+    assert sorted(await store.recover(time.time(), grace=30, limit=1000)) == sorted(ids)
+    assert await store.recover(time.time(), grace=30, limit=1000) == []  # moved on by grace
+
+
+async def test_a_settled_run_leaves_the_watchdog(store: Store) -> None:
+    fence = await held(store, ttl=0.01)
+    await store.write(snapshot(status=SUCCESS), events("done"), fence=fence, release=True)
+    await asyncio.sleep(0.05)
+    # Due at once if it were still watched; nothing is recovered, nothing re-queued.
+    assert await store.recover(time.time() + 3600, grace=30) == []
+
+
 # -- cancel ----------------------------------------------------------------------------------
 
 

@@ -14,7 +14,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Protocol
 
 from . import logs
@@ -60,6 +60,8 @@ _DEFERRABLE = frozenset({EventType.WORKFLOW_START, EventType.STEP_START, EventTy
 # How long a deferrable transition may wait for the next write before it is sent on its own,
 # so that a long step's step-start still reaches watchers promptly.
 WRITE_BEHIND = 0.002
+# Watchdog entries one recovery round examines at most (a backlog is worked off in pages).
+RECOVER_LIMIT = 5000
 # Seconds between two rounds of expiry and queue clean-up, and the most runs one round
 # forgets (a full round is followed by another at once).
 HOUSEKEEPING_INTERVAL = 5.0
@@ -85,12 +87,14 @@ class StoreJournal:
         *,
         observers: Sequence[PassObserver] = (),
         write_behind: float = WRITE_BEHIND,
+        on_write_behind_failure: Callable[[BaseException], None] | None = None,
     ) -> None:
         self._store = store
         self._run_id = lease.run_id
         self._fence = lease.fence
         self._observers = observers
         self._write_behind = write_behind
+        self._on_write_behind_failure = on_write_behind_failure
         # One write at a time, so a later image never lands before an earlier one.
         self._lock = asyncio.Lock()
         # What is committed and not yet written; a later image covers the earlier ones.
@@ -138,9 +142,14 @@ class StoreJournal:
         self._behind = asyncio.create_task(self._flush_quietly())
 
     async def _flush_quietly(self) -> None:
-        # The failure is kept and raised by the next commit.
-        with contextlib.suppress(Exception):
+        """A write behind the executor. If it fails, the next commit raises; but the pass
+        may not commit again for a long while (a step waiting for a webhook), so the owner
+        is told at once and ends the pass (the run is then re-driven from what is stored)."""
+        try:
             await self._flush()
+        except Exception as err:
+            if self._on_write_behind_failure is not None:
+                self._on_write_behind_failure(err)
 
     async def _flush(self) -> None:
         async with self._lock:
@@ -344,7 +353,7 @@ class Worker:
         interval = min(1.0, self.lease_ttl / 2)
         while not self._stopping.is_set():
             try:
-                orphans = await self.store.recover(now(), grace=CLAIM_GRACE)
+                orphans = await self.store.recover(now(), grace=CLAIM_GRACE, limit=RECOVER_LIMIT)
             except StoreUnavailable:
                 orphans = []
             for run_id in orphans:
@@ -435,7 +444,19 @@ class Worker:
     async def _execute(self, lease: Lease) -> None:
         snapshot = lease.run.snapshot
         logs.bind_run(lease.run_id, snapshot.workflow_id)
-        journal = StoreJournal(self.store, lease, observers=self._pass_observers(snapshot))
+        task = asyncio.current_task()
+
+        def abandon(err: BaseException) -> None:
+            log.warning("a write of run %s failed (%s); handing it back", lease.run_id, err)
+            if task is not None:
+                task.cancel()  # the pass ends as at shutdown: the run is handed back
+
+        journal = StoreJournal(
+            self.store,
+            lease,
+            observers=self._pass_observers(snapshot),
+            on_write_behind_failure=abandon,
+        )
         ended = self._passes.get(lease.run_id)
         if ended is None or ended.done():
             ended = self._passes[lease.run_id] = asyncio.get_running_loop().create_future()

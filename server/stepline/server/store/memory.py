@@ -192,6 +192,8 @@ class MemoryStore:
             self._timers[image.run_id] = wake_at
         if not image.status.settled and (expected_version is not None or release):
             self._watchdog[image.run_id] = (wake_at or time.time()) + CLAIM_GRACE
+        elif image.status.settled:
+            self._watchdog.pop(image.run_id, None)
         outcome = WriteOutcome(
             version=run.version, last_sequence=run.last_sequence, cancel_requested=cancel_requested
         )

@@ -55,6 +55,8 @@ _DEFAULT_GRACE = 5.0
 # Blocking reads in flight at once (each holds a connection): one per worker, one per pub/sub
 # listener, and one per run being waited on or watched here (watchers of one run share it).
 _BLOCKING_CONNECTIONS = 5000
+# Watchdog entries `recover` reads per round trip.
+_RECOVER_PAGE = 200
 
 # A retried script whose reply was lost would apply its write twice.
 _NO_RETRY = Retry(NoBackoff(), 0)
@@ -263,7 +265,12 @@ class RedisStore:
             member = self._keys.expiring_member(run_id, image.workflow_id, image.resource_id)
             commands.append(["ZADD", self._keys.expiring, expires, member])
         commands.append(self._scripted(self._write, self._run_keys(run_id), args))
-        reply = (await self._pipeline(commands))[-1]
+        if settled:
+            # Nothing can be orphaned any more. (If the script refused a stale holder, the
+            # live holder's next renewal puts the deadline back.)
+            commands.append(["ZREM", self._keys.watchdog, run_id])
+        replies = await self._pipeline(commands)
+        reply = replies[-2] if settled else replies[-1]
         match reply[0]:
             case "ok":
                 return WriteOutcome(
@@ -350,10 +357,24 @@ class RedisStore:
         return float(upcoming[1]) if upcoming else None
 
     async def recover(self, now: float, *, grace: float, limit: int = 100) -> list[str]:
+        """Examine up to `limit` due watchdog entries, a page at a time: each one examined
+        is dropped or moved to a later deadline, so the next page holds new ones."""
+        orphans: list[str] = []
+        examined = 0
+        while examined < limit:
+            batch = min(_RECOVER_PAGE, limit - examined)
+            found, page = await self._recover_page(now, grace, batch)
+            orphans += found
+            examined += page
+            if page < batch:
+                break
+        return orphans
+
+    async def _recover_page(self, now: float, grace: float, batch: int) -> tuple[list[str], int]:
         watchdog = self._keys.watchdog
-        (due,) = await self._pipeline([["ZRANGEBYSCORE", watchdog, "-inf", now, "LIMIT", 0, limit]])
+        (due,) = await self._pipeline([["ZRANGEBYSCORE", watchdog, "-inf", now, "LIMIT", 0, batch]])
         if not due:
-            return []
+            return [], 0
         reads: list[list[Arg]] = []
         for run_id in due:
             reads.append(["HMGET", self._keys.run(run_id), "status", "lease_owner", "lease_until"])
@@ -374,7 +395,7 @@ class RedisStore:
                 changes.append(["XADD", self._keys.queue, "*", "run_id", run_id])
                 changes.append(["ZADD", watchdog, now + grace, run_id])
         await self._pipeline(changes)
-        return orphans
+        return orphans, len(due)
 
     async def dequeue(self, consumer: str, count: int, block: float) -> list[WorkItem]:
         """XREADGROUP of new entries; `block` <= 0 reads without waiting."""
