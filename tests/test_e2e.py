@@ -7,6 +7,7 @@ stderr goes to a file under the test's tmp_path, shown when something goes wrong
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import signal
@@ -22,6 +23,8 @@ import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from stepline.client import Client, EventType, RunEvent, RunResult, RunStatus, StepStatus
+from stepline.server import cli
+from stepline.server.settings import Settings
 from tests.processes import REPO_ROOT, Launcher, Replica, environment, stepline_command
 
 TEST_SECONDS = 40.0  # whole-test deadline for the client side of each test
@@ -312,3 +315,26 @@ async def test_sleeping_run_wakes_after_the_server_is_killed(
     assert slept.ended_at is not None and slept.ended_at.timestamp() >= wake_at
     _assert_dense(events, run.run_id)
     assert [e.step_id for e in events if e.type is EventType.STEP_WAITING] == ["sleep_long_nap_1"]
+
+
+def test_every_setting_is_a_serve_flag() -> None:
+    """Settings documents each field as a flag: the parser must offer every one of them."""
+    parser = cli._parser()
+    serve = next(
+        action.choices["serve"]
+        for action in parser._actions
+        if isinstance(action, argparse._SubParsersAction)
+    )
+    flags = {option for action in serve._actions for option in action.option_strings}
+    for name in Settings.model_fields:
+        flag = "--" + cli._FLAGS.get(name, name.replace("_", "-"))
+        assert flag in flags, f"setting {name!r} has no `stepline serve {flag}`"
+    parsed = parser.parse_args(
+        ["serve", "--run-retention", "60", "--max-events-per-run", "50", "--redis-timeout", "2"]
+    )
+    settings = cli._settings(parsed)
+    assert (settings.run_retention, settings.max_events_per_run, settings.redis_timeout) == (
+        60.0,
+        50,
+        2.0,
+    )

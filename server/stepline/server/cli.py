@@ -53,6 +53,12 @@ def _serve_parser(sub: Any) -> None:
     flag(g, "redis-prefix", "prefix of every Redis key (default stepline)")
     flag(
         g,
+        "redis-timeout",
+        "seconds a Redis command may go unanswered before a call fails UNAVAILABLE (default 5)",
+        type=float,
+    )
+    flag(
+        g,
         "workflows",
         "module whose committed workflows to serve (repeatable; default stepline_examples)",
         action="append",
@@ -61,6 +67,18 @@ def _serve_parser(sub: Any) -> None:
     flag(g, "max-concurrent-runs", "runs this replica executes at once (default 64)", type=int)
     flag(g, "lease-ttl", "seconds a run lease lasts unrenewed (default 5)", type=float)
     flag(g, "shutdown-grace", "seconds in-flight runs get on stop (default 10)", type=float)
+    flag(
+        g,
+        "run-retention",
+        "seconds a finished run is kept after its last change (default 7 days; 0 keeps all)",
+        type=float,
+    )
+    flag(
+        g,
+        "max-events-per-run",
+        "events kept per run; older ones are trimmed (default 100000)",
+        type=int,
+    )
     flag(
         g,
         "reflection",

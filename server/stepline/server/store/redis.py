@@ -55,6 +55,8 @@ _DEFAULT_GRACE = 5.0
 # Blocking reads in flight at once (each holds a connection): one per worker, one per pub/sub
 # listener, and one per run being waited on or watched here (watchers of one run share it).
 _BLOCKING_CONNECTIONS = 5000
+# A queue consumer (replica) name idle this long and holding nothing is dropped.
+_CONSUMER_IDLE_MS = 3_600_000
 # Watchdog entries `recover` reads per round trip.
 _RECOVER_PAGE = 200
 
@@ -600,6 +602,7 @@ class RedisStore:
                 if str(err).startswith("NOGROUP"):
                     return 0
                 raise
+        await self._forget_idle_consumers()
         entries = [(entry_id, fields) for entry_id, fields in reply[1] if fields]
         if not entries:
             return 0
@@ -614,6 +617,22 @@ class RedisStore:
             ]
         )
         return len(entries)
+
+    async def _forget_idle_consumers(self) -> None:
+        """Every replica is a consumer of its own name; a replica that died leaves its
+        name in the group. Drop names idle for an hour that hold nothing."""
+        (consumers,) = await self._pipeline(
+            [["XINFO", "CONSUMERS", self._keys.queue, self._keys.group]]
+        )
+        gone: list[list[Arg]] = []
+        for flat in consumers:
+            info = dict(zip(flat[::2], flat[1::2], strict=True))
+            if int(info["pending"]) == 0 and int(info["idle"]) > _CONSUMER_IDLE_MS:
+                gone.append(
+                    ["XGROUP", "DELCONSUMER", self._keys.queue, self._keys.group, info["name"]]
+                )
+        if gone:
+            await self._pipeline(gone)
 
     async def close(self) -> None:
         """Close the clients this store created (not a client passed in)."""
