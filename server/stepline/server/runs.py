@@ -154,7 +154,8 @@ class RunService:
         """Wait (bounded) for `future` without cancelling it; a drain interrupts."""
         if self._draining.done():
             raise ShuttingDown
-        await asyncio.wait({future, self._draining}, timeout=timeout, return_when="FIRST_COMPLETED")
+        waiters: set[asyncio.Future[Any]] = {future, self._draining}
+        await asyncio.wait(waiters, timeout=timeout, return_when="FIRST_COMPLETED")
         if self._draining.done() and not future.done():
             raise ShuttingDown
 
@@ -165,20 +166,16 @@ class RunService:
         run cost one blocking read per batch of events, not a thousand. A reader that stops
         waiting (its own deadline, a drain, a cancelled call) leaves the read to the others."""
         if self._draining.done():
-            raise ShuttingDown
+            raise ShuttingDown  # before starting a read nobody would wait for
         key = (run_id, cursor)
         read = self._reads.get(key)
         if read is None:
             read = asyncio.ensure_future(self.store.wait_events(run_id, cursor, block))
             self._reads[key] = read
             read.add_done_callback(lambda done: self._read_over(key, done))
-        waiters: set[asyncio.Future[Any]] = {read, self._draining}
-        await asyncio.wait(waiters, timeout=block, return_when="FIRST_COMPLETED")
-        if read.done():
-            return read.result()
-        if self._draining.done():
-            raise ShuttingDown
-        return []  # this reader's block is over; the shared read goes on for the others
+        await self._until(read, block)
+        # Not done: this reader's block is over; the shared read goes on for the others.
+        return read.result() if read.done() else []
 
     def _read_over(self, key: tuple[str, int], read: asyncio.Future[list[Event]]) -> None:
         if self._reads.get(key) is read:

@@ -206,8 +206,7 @@ class RedisStore:
 
     async def get(self, run_id: str) -> StoredRun | None:
         now = time.time()
-        with _reachable():
-            fields = await self._fast.execute("HMGET", self._keys.run(run_id), *scripts.RUN_FIELDS)
+        (fields,) = await self._pipeline([["HMGET", self._keys.run(run_id), *scripts.RUN_FIELDS]])
         return None if fields[0] is None else _stored(fields, now)
 
     async def write(
@@ -558,10 +557,9 @@ class RedisStore:
     async def sweep_expired(self, now: float, limit: int = 100) -> int:
         """Take runs whose keys expired out of the indexes and the watchdog. A run still
         there was written since (time travel) and is left alone."""
-        with _reachable():
-            members = await self._fast.execute(
-                "ZRANGEBYSCORE", self._keys.expiring, "-inf", now, "LIMIT", 0, limit
-            )
+        (members,) = await self._pipeline(
+            [["ZRANGEBYSCORE", self._keys.expiring, "-inf", now, "LIMIT", 0, limit]]
+        )
         if not members:
             return 0
         runs = [self._keys.parse_expiring_member(member) for member in members]
@@ -595,13 +593,12 @@ class RedisStore:
             "COUNT",
             limit,
         ]
-        with _reachable():
-            try:
-                reply = await self._fast.execute(*command)
-            except redis_errors.ResponseError as err:
-                if str(err).startswith("NOGROUP"):
-                    return 0
-                raise
+        try:
+            (reply,) = await self._pipeline([command])
+        except redis_errors.ResponseError as err:
+            if str(err).startswith("NOGROUP"):
+                return 0
+            raise
         await self._forget_idle_consumers()
         entries = [(entry_id, fields) for entry_id, fields in reply[1] if fields]
         if not entries:
@@ -684,8 +681,8 @@ class RedisStore:
     async def _create_group(self) -> None:
         # From id 0, so runs queued before the group existed are delivered too.
         try:
-            await self._fast.execute(
-                "XGROUP", "CREATE", self._keys.queue, self._keys.group, "0", "MKSTREAM"
+            await self._pipeline(
+                [["XGROUP", "CREATE", self._keys.queue, self._keys.group, "0", "MKSTREAM"]]
             )
         except redis_errors.ResponseError as err:
             if not str(err).startswith("BUSYGROUP"):

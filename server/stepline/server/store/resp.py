@@ -12,7 +12,7 @@ Failures use redis-py's exception types, so the store maps them as it maps redis
 or refused connection is `ConnectionError`, a command unanswered for `command_timeout`
 seconds is `TimeoutError` (the connection is then dropped, failing everything in flight on
 it), and an error reply is a `ResponseError` (or its NOSCRIPT / READONLY / OOM subclass),
-returned in place by `pipeline` and raised by `execute`.
+returned in place by `pipeline`.
 """
 
 from __future__ import annotations
@@ -163,13 +163,6 @@ class Pipelined:
             connect_timeout=float(options.get("socket_connect_timeout") or 2.0),
             command_timeout=command_timeout,
         )
-
-    async def execute(self, *command: Arg) -> Any:
-        """One command; an error reply is raised."""
-        (reply,) = await self.pipeline([command])
-        if isinstance(reply, Exception):
-            raise reply
-        return reply
 
     async def pipeline(self, commands: Sequence[Sequence[Arg]]) -> list[Any]:
         """Send `commands` back to back (nothing else comes between them on the wire) and
