@@ -434,7 +434,7 @@ async def test_errors_carry_no_stack_traces_or_addresses(secured: Secured) -> No
         result = await call(
             secured.channel,
             by_name["GetExecutionResult"],
-            GetMessageClass(by_name["GetExecutionResult"].input_type)(run_id=run.run_id),
+            workflow_service_pb2.GetExecutionResultRequest(run_id=run.run_id),
             token,
         )
         assert result.code is grpc.StatusCode.OK
@@ -443,8 +443,8 @@ async def test_errors_carry_no_stack_traces_or_addresses(secured: Secured) -> No
             request_serializer=lambda m: m.SerializeToString(),
             response_deserializer=GetMessageClass(by_name["Watch"].output_type).FromString,
         )
-        watch_type = GetMessageClass(by_name["Watch"].input_type)
-        events = [e async for e in stream(watch_type(run_id=run.run_id), metadata=token)]
+        watch = workflow_service_pb2.WatchRequest(run_id=run.run_id)
+        events = [e async for e in stream(watch, metadata=token)]
         raw_result = await secured.channel.unary_unary(
             f"/{SERVICE.full_name}/GetExecutionResult",
             request_serializer=lambda m: m.SerializeToString(),
@@ -452,9 +452,7 @@ async def test_errors_carry_no_stack_traces_or_addresses(secured: Secured) -> No
                 by_name["GetExecutionResult"].output_type
             ).FromString,
         )(
-            GetMessageClass(by_name["GetExecutionResult"].input_type)(
-                run_id=run.run_id, include_state=True
-            ),
+            workflow_service_pb2.GetExecutionResultRequest(run_id=run.run_id, include_state=True),
             metadata=token,
         )
         wire = MessageToJson(raw_result) + "".join(MessageToJson(e) for e in events)
