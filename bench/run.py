@@ -8,7 +8,7 @@ For each repetition it starts a private `redis-server` (append-only file, fsync 
 and `stepline serve --workflows bench.flows` as separate processes, drives them from a third
 (bench/driver.py), and stops both by pid. The same workloads then run in-process on
 `@mastra/core` 1.71.0 with its in-memory and its LibSQL store (bench/mastra/, installed with npm
-into .cache/bench-mastra, on Node 22 from the `node@22` npm package when the system Node is
+into .cache/bench-mastra by npm ci, on Node 22 pinned by bench/node22 when the system Node is
 older). It prints a table (median of the repetitions, min..max) and, as the last stdout line,
 one JSON object with every figure and the ratio Stepline/Mastra per workload.
 """
@@ -41,6 +41,7 @@ CACHE = ROOT / ".cache"
 MASTRA_SRC = BENCH / "mastra"
 MASTRA_CACHE = CACHE / "bench-mastra"
 NODE_CACHE = CACHE / "bench-node22"
+NODE_SRC = BENCH / "node22"
 PROFILE_DIR = CACHE / "bench-profiles"
 NODE_MIN = (22, 13)  # @mastra/core 1.71.0 declares engines.node >= 22.13.0
 WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7")
@@ -291,7 +292,7 @@ def start_server(
         if profile_to is not None:
             spy = shutil.which("py-spy")
             if spy is None:
-                raise SystemExit("bench: --profile needs py-spy on PATH (pip install py-spy)")
+                raise SystemExit("bench: --profile needs py-spy (in the dev set: bash scripts/bootstrap.sh dev)")
             command = [spy, "record", "--rate", "250", "--output", str(profile_to), "--", *command]
         log_path = workdir / f"serve-{attempt}.log"
         with log_path.open("wb") as sink:
@@ -432,38 +433,39 @@ def _npm(args: list[str], cwd: Path) -> None:
         raise RuntimeError(f"npm {' '.join(args)} failed:\n{done.stderr[-3000:]}")
 
 
+def _npm_ci(source: Path, cache: Path) -> None:
+    """Installs the npm package in `source` into `cache` exactly as its package-lock says.
+
+    Runs `npm ci` again only when package.json or package-lock.json changed."""
+    files = [source / "package.json", source / "package-lock.json"]
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in files)).hexdigest()
+    stamp = cache / ".installed"
+    if stamp.exists() and stamp.read_text().strip() == digest:
+        return
+    cache.mkdir(parents=True, exist_ok=True)
+    for file in files:
+        shutil.copy2(file, cache / file.name)
+    _npm(["ci"], cache)
+    stamp.write_text(digest + "\n")
+
+
 def ensure_node() -> str:
-    """A Node >= 22.13 binary: the system one, else `node@22` from npm in the cache."""
+    """A Node >= 22.13 binary: the system one, else `node` pinned by bench/node22 (npm ci)."""
     system = shutil.which("node")
     if system is not None and (_node_version(system) or (0,)) >= NODE_MIN:
         return system
+    _npm_ci(NODE_SRC, NODE_CACHE)
     binary = NODE_CACHE / "node_modules" / ".bin" / "node"
-    if not binary.exists() or (_node_version(str(binary)) or (0,)) < NODE_MIN:
-        NODE_CACHE.mkdir(parents=True, exist_ok=True)
-        (NODE_CACHE / "package.json").write_text('{"private": true}\n')
-        _npm(["install", "--no-save", "node@22"], NODE_CACHE)
     version = _node_version(str(binary))
     if version is None or version < NODE_MIN:
-        raise RuntimeError(f"node@22 from npm did not give a usable node ({version})")
+        raise RuntimeError(f"node from bench/node22 did not give a usable node ({version})")
     return str(binary)
 
 
 def ensure_mastra() -> tuple[str, Path]:
-    """Node and the installed bench/mastra package (npm ci into .cache/bench-mastra)."""
+    """Node and the bench/mastra package, installed by npm ci into .cache/bench-mastra."""
     node = ensure_node()
-    sources = [MASTRA_SRC / "package.json", MASTRA_SRC / "package-lock.json"]
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources if p.exists())).hexdigest()
-    stamp = MASTRA_CACHE / ".installed"
-    MASTRA_CACHE.mkdir(parents=True, exist_ok=True)
-    if not stamp.exists() or stamp.read_text().strip() != digest:
-        for source in sources:
-            if source.exists():
-                shutil.copy2(source, MASTRA_CACHE / source.name)
-        if (MASTRA_CACHE / "package-lock.json").exists():
-            _npm(["ci"], MASTRA_CACHE)
-        else:
-            _npm(["install", "--omit-lockfile-registry-resolved"], MASTRA_CACHE)
-        stamp.write_text(digest + "\n")
+    _npm_ci(MASTRA_SRC, MASTRA_CACHE)
     shutil.copy2(MASTRA_SRC / "driver.mjs", MASTRA_CACHE / "driver.mjs")
     return node, MASTRA_CACHE
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the pinned code-generation tools into .cache/tools (never system-wide):
-#   buf (npm)                      .cache/tools/node_modules/.bin/buf
+#   buf (npm, scripts/tools/package-lock.json)   .cache/tools/node_modules/.bin/buf
 #   protoc-gen-go, protoc-gen-go-grpc (go install)   .cache/tools/bin/
 #   protoc-gen-es                  client/typescript/node_modules/.bin/ (a devDependency
 #                                  pinned by client/typescript/package-lock.json, so the
@@ -11,7 +11,6 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 tools="$root/.cache/tools"
 
-BUF_VERSION=1.75.0
 PROTOC_GEN_GO_VERSION=v1.36.11
 PROTOC_GEN_GO_GRPC_VERSION=v1.6.2
 
@@ -20,9 +19,12 @@ mkdir -p "$tools/bin"
 # stamp NAME VERSION: true when NAME was installed at VERSION by an earlier run.
 stamp() { [ -f "$tools/$1.version" ] && [ "$(cat "$tools/$1.version")" = "$2" ]; }
 
-if ! stamp buf "$BUF_VERSION" || [ ! -x "$tools/node_modules/.bin/buf" ]; then
-  npm install --silent --no-audit --no-fund --prefix "$tools" "@bufbuild/buf@$BUF_VERSION" >/dev/null
-  echo "$BUF_VERSION" >"$tools/buf.version"
+# buf, exactly as scripts/tools/package-lock.json pins it (and its platform binary package).
+buf_lock="$(cat "$root/scripts/tools/package.json" "$root/scripts/tools/package-lock.json" | sha256sum | cut -d' ' -f1)"
+if ! stamp buf "$buf_lock" || [ ! -x "$tools/node_modules/.bin/buf" ]; then
+  cp "$root/scripts/tools/package.json" "$root/scripts/tools/package-lock.json" "$tools/"
+  npm ci --silent --no-audit --no-fund --prefix "$tools" >/dev/null
+  echo "$buf_lock" >"$tools/buf.version"
 fi
 
 if ! stamp protoc-gen-go "$PROTOC_GEN_GO_VERSION" || [ ! -x "$tools/bin/protoc-gen-go" ]; then
