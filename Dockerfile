@@ -1,19 +1,24 @@
 # Stepline server image: `docker build -t stepline .` then
-# `docker run -p 50051:50051 stepline --redis-url redis://redis:6379/0`.
+# `docker run -p 50051:50051 stepline --redis-url redis://redis:6379/0`, or `docker compose up`
+# (compose.yaml: Redis with AOF and two replicas). Every Python package comes from the hashed
+# lock in requirements/: the build backend from build.txt, the server's dependencies from
+# runtime.txt; nothing is resolved at build time.
 FROM python:3.11-slim AS build
 WORKDIR /src
+COPY requirements/build.txt ./requirements/build.txt
+RUN pip install --no-cache-dir --require-hashes -r requirements/build.txt
 COPY pyproject.toml README.md ./
-COPY client ./client
+COPY client/stepline ./client/stepline
 COPY server ./server
 COPY examples ./examples
-RUN pip install --no-cache-dir build \
- && python -m build --wheel --outdir /wheels \
- && pip wheel --no-cache-dir --wheel-dir /wheels "uvloop>=0.19"
+RUN pip wheel --no-cache-dir --no-deps --no-build-isolation --wheel-dir /wheels .
 
 FROM python:3.11-slim
 RUN useradd --create-home --uid 10001 stepline
+COPY requirements/runtime.txt /tmp/runtime.txt
+RUN pip install --no-cache-dir --require-hashes -r /tmp/runtime.txt && rm /tmp/runtime.txt
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+RUN pip install --no-cache-dir --no-deps /wheels/*.whl && rm -rf /wheels
 ENV PYTHONUNBUFFERED=1
 USER stepline
 EXPOSE 50051
