@@ -847,6 +847,21 @@ async def test_the_log_keeps_the_latest_events(limited_store: Store) -> None:
     assert (await get(limited_store)).last_sequence == 8
 
 
+async def test_a_blocked_read_of_a_trimmed_log_wakes_for_new_events(limited_store: Store) -> None:
+    fence = await held(limited_store)
+    for step in range(1, 9):
+        await limited_store.write(snapshot(status=RUNNING), events(f"s{step}"), fence=fence)
+    # The log holds sequences 4..8: fewer events than the cursor counts.
+    waiter = asyncio.create_task(limited_store.wait_events("run-1", 8, 10))
+    await asyncio.sleep(0.2)
+    assert not waiter.done()
+
+    await limited_store.write(snapshot(status=RUNNING), events("s9"), fence=fence)
+
+    found = await asyncio.wait_for(waiter, 5)
+    assert [(e.sequence, e.data["step_id"]) for e in found] == [(9, "s9")]
+
+
 # -- Redis only ------------------------------------------------------------------------------
 
 

@@ -379,7 +379,8 @@ class MemoryStore:
 
     def _has_events_after(self, run_id: str, after: int) -> bool:
         run = self._live(run_id)
-        return run is not None and len(run.events) > after
+        # Sequences, not list positions: a trimmed log holds fewer events than it numbers.
+        return run is not None and run.last_sequence > after
 
 
 def _through_json(model: _Model) -> _Model:
