@@ -292,7 +292,7 @@ def start_server(
         if profile_to is not None:
             spy = shutil.which("py-spy")
             if spy is None:
-                raise SystemExit("bench: --profile needs py-spy (in the dev set: bash scripts/bootstrap.sh dev)")
+                raise SystemExit("bench: --profile needs py-spy: bash scripts/bootstrap.sh dev")
             command = [spy, "record", "--rate", "250", "--output", str(profile_to), "--", *command]
         log_path = workdir / f"serve-{attempt}.log"
         with log_path.open("wb") as sink:

@@ -24,7 +24,8 @@ ORDER = ("load", "soak", "chaos")
 TITLE = "# Reliability\n"
 PREAMBLE = """
 What the reliability suites (`reliability/`) found the last time each ran. Regenerate with
-one command from the repository root (after `source scripts/bootstrap.sh`):
+one command from the repository root, after
+`bash scripts/bootstrap.sh dev && source .venv/bin/activate`:
 
 ```bash
 python -m reliability all        # or: load | soak | chaos; --help lists the scale flags
