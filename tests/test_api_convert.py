@@ -631,6 +631,8 @@ def test_every_engine_error_maps_to_its_code_with_error_info(
     assert status.code == code.value[0]
     # A store's own words (addresses, driver errors) stay in the server's log.
     shown = STORE_UNAVAILABLE_MESSAGE if isinstance(error, StoreUnavailable) else error.message
+    if isinstance(error, InvalidArgument):
+        shown += ": input_data.x: required"  # the first violation, for clients that show no details
     assert status.message == shown
     assert _info(status).reason == reason
 
@@ -708,3 +710,6 @@ def test_huge_violation_lists_are_capped_to_fit_a_trailer() -> None:
     assert len(bad_request.field_violations) == MAX_FIELD_VIOLATIONS
     assert _info(status).metadata["omitted_violations"] == str(500 - MAX_FIELD_VIOLATIONS)
     assert len(status.SerializeToString()) < 4 * 1024
+    # The message names the first (clipped) and still counts every other one.
+    assert status.message.startswith("many problems: input_data.items[0]: xxx")
+    assert status.message.endswith("… (and 499 more)")

@@ -252,6 +252,127 @@ async def test_tampered_page_token(client: Client) -> None:
     assert len((await client.list_runs(page_size=2, page_token=token)).runs) == 1
 
 
+# -- INVALID_ARGUMENT messages name the field ----------------------------------------------------
+
+
+async def test_invalid_argument_messages_name_the_first_violation(client: Client) -> None:
+    """Most clients show only the status message: it names the first field and its problem,
+    and counts the others, whatever part of the service refused the request."""
+    with pytest.raises(InvalidArgument) as info:
+        await client.start_async("sequence", {"value": 1}, trace_id="a" * 33)
+    assert info.value.message == (
+        "invalid start request for workflow 'sequence': "
+        "tracing_options.trace_id: must be 1 to 32 hexadecimal characters"
+    )
+
+    with pytest.raises(InvalidArgument) as info:
+        await client.start("sequence", {"value": "seven"})
+    message = info.value.message
+    assert message.startswith("invalid start request for workflow 'sequence': input_data.value: ")
+    assert info.value.violations[0].description in message and "more)" not in message
+
+    with pytest.raises(InvalidArgument) as info:
+        await client.start_async(
+            "stateful", {"value": "x"}, initial_state={"count": "many"}, trace_id="xyz"
+        )
+    first = info.value.violations[0]
+    assert len(info.value.violations) == 3
+    assert info.value.message.endswith(f"{first.field}: {first.description} (and 2 more)")
+
+    suspended = await client.start("approval", {"question": "ship?"})
+    with pytest.raises(InvalidArgument) as info:
+        await client.resume(suspended.run_id, {"approved": "maybe"})
+    assert info.value.message.startswith(
+        "invalid resume data for step 'approve': resume_data.approved: "
+    )
+
+    finished = await client.start("sequence", {"value": 1})
+    with pytest.raises(InvalidArgument) as info:
+        await client.time_travel(finished.run_id, "double", input_data={"value": "x"})
+    assert ": input_data.value: " in info.value.message
+
+    with pytest.raises(InvalidArgument) as info:
+        await client.start("", {"value": 1})
+    assert info.value.message == "invalid request: workflow_id: is required"
+
+    with pytest.raises(InvalidArgument) as info:
+        await client.list_runs(page_size=-1, page_token="not a token!")
+    assert info.value.message == "invalid request: page_size: must be between 0 and 1000"
+    with pytest.raises(InvalidArgument) as info:
+        await client.list_runs(page_token="not a token!")
+    assert info.value.message == (
+        "invalid page token: page_token: not a token returned by a previous list call"
+    )
+
+
+async def test_invalid_argument_message_counts_every_violation(stub: Stub) -> None:
+    """The BadRequest keeps the first ten; the message still counts all of them."""
+    bad = {"items": ["x"] * 40}
+    request = pb.StartAsyncRequest(
+        workflow_id="fanout", input_data=ParseDict(bad, struct_pb2.Value())
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.StartAsync(request)
+    status = status_of(info.value)
+    [bad_request] = unpack(status, error_details_pb2.BadRequest)
+    assert 0 < len(bad_request.field_violations) < 40
+    first = bad_request.field_violations[0]
+    assert status.message.endswith(f"{first.field}: {first.description} (and 39 more)")
+    assert info.value.details() == status.message
+
+
+def _length_delimited(number: int, payload: bytes) -> bytes:
+    """Field `number` holding `payload`, encoded by hand."""
+    size, length = bytearray(), len(payload)
+    while True:
+        byte, length = length & 0x7F, length >> 7
+        size.append(byte | (0x80 if length else 0))
+        if not length:
+            return bytes([number << 3 | 2]) + bytes(size) + payload
+
+
+def _deep_list(levels: int) -> bytes:
+    """A google.protobuf.Value: a list in a list ... `levels` deep, around a string (the
+    protobuf runtime refuses to build one deeper than it parses)."""
+    value = _length_delimited(3, b"bottom")  # Value.string_value
+    for _ in range(levels):
+        value = _length_delimited(6, _length_delimited(1, value))  # list_value.values
+    return value
+
+
+async def test_deep_nesting_has_its_own_reason(client: Client, server: Any) -> None:
+    nested: Any = "bottom"
+    for _ in range(40):
+        nested = [nested]
+    with pytest.raises(InvalidArgument) as info:
+        await client.start_async("sequence", {"value": 1, "deep": nested})
+    error = info.value
+    assert error.reason == "VALUE_TOO_DEEP"
+    [violation] = error.violations
+    assert violation.field == "input_data.deep" + "[0]" * 31
+    assert error.message.endswith(f"{violation.field}: {violation.description}")
+    assert "nested too deeply" in violation.description
+
+    # Deeper than the protobuf runtime parses: valid protobuf all the same, and the same reason.
+    request = pb.StartAsyncRequest(workflow_id="sequence").SerializeToString()
+    request += _length_delimited(4, _deep_list(200))  # input_data
+    channel = grpc.aio.insecure_channel(server.target)
+    try:
+        start_async = channel.unary_unary("/stepline.v1.WorkflowService/StartAsync")
+        with pytest.raises(grpc.aio.AioRpcError) as raw:
+            await start_async(request, timeout=BOUND)
+    finally:
+        await channel.close()
+    assert raw.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    status = status_of(raw.value)
+    assert error_info(status).reason == "VALUE_TOO_DEEP"
+    [bad_request] = unpack(status, error_details_pb2.BadRequest)
+    assert [v.field for v in bad_request.field_violations] == ["input_data"]
+    assert "nested too deeply" in bad_request.field_violations[0].description
+    assert status.message.startswith("malformed stepline.v1.StartAsyncRequest: input_data: ")
+    assert (await client.list_runs()).runs == ()  # nothing was recorded
+
+
 # -- ALREADY_EXISTS and idempotent starts ---------------------------------------------------------
 
 

@@ -570,6 +570,8 @@ async def test_json_nested_ten_thousand_levels_in_every_field(hostile: Hostile) 
             [(field, description)] = violations(status)
             assert field == path[0].name, str(outcome)
             assert "nested too deeply" in description
+            # Valid protobuf, only deeper than JSON may nest here: not MALFORMED_REQUEST.
+            assert unpack(status, error_details_pb2.ErrorInfo)[0].reason == "VALUE_TOO_DEEP"
     assert tried >= 20  # input_data, initial_state, request_context, ... of every request
 
 
@@ -594,6 +596,7 @@ async def test_json_nests_at_most_32_levels(hostile: Hostile) -> None:
         "request_context.b" + "[0]" * (MAX_JSON_DEPTH - 1),
     ]
     assert all("nested too deeply" in description for _, description in found)
+    assert unpack(status, error_details_pb2.ErrorInfo)[0].reason == "VALUE_TOO_DEEP"
 
     # As deep as allowed is stored, run, and can be read back whole from every API.
     deepest = {"a": _nested(MAX_JSON_DEPTH - 1)}

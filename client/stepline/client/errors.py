@@ -70,7 +70,12 @@ class WorkflowNotFound(NotFound):
 
 
 class InvalidArgument(SteplineError):
-    """The request was malformed or its data failed a schema; see `violations`."""
+    """The request was malformed or its data failed a schema; see `violations`.
+
+    The message names the first violation. `reason` is "INVALID_ARGUMENT",
+    "INVALID_RESUME_DATA" (resume data failed the step's resume schema), "VALUE_TOO_DEEP"
+    (a JSON value nests deeper than the server allows) or "MALFORMED_REQUEST" (the bytes
+    were no valid request)."""
 
     @property
     def violations(self) -> list[FieldViolation]:
@@ -171,6 +176,9 @@ _BY_REASON: dict[str, type[SteplineError]] = {
     "RESUME_ALREADY_CLAIMED": ResumeAlreadyClaimed,
     "CONCURRENT_MODIFICATION": ConcurrentModification,
     "CURSOR_EXPIRED": CursorExpired,
+    "INVALID_RESUME_DATA": InvalidArgument,
+    "VALUE_TOO_DEEP": InvalidArgument,
+    "MALFORMED_REQUEST": InvalidArgument,
 }
 
 _BY_CODE: dict[grpc.StatusCode, type[SteplineError]] = {

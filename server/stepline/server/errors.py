@@ -41,7 +41,13 @@ class FieldViolation:
     description: str
 
 
+# The reason of an InvalidArgument whose every violation is a JSON value nested too deeply.
+VALUE_TOO_DEEP = "VALUE_TOO_DEEP"
+
+
 class InvalidArgument(SteplineError):
+    """`message` says what was refused; the status message adds the first violation."""
+
     reason = "INVALID_ARGUMENT"
 
     def __init__(

@@ -26,6 +26,7 @@ from .errors import (
     StoreConflict,
     WorkflowNotFound,
 )
+from .logs import log_canceled
 from .model import Event, EventType, PendingResume, RunStatus, Snapshot, StepRecord, StepStatus, now
 from .schema import Schema, SchemaViolation
 from .store import Lease, Page, RunFilter, Store, StoredRun
@@ -367,6 +368,7 @@ class RunService:
                 await self.store.write(snap, events, expected_version=stored.version)
             except StoreConflict:
                 continue
+            log_canceled(run_id, workflow_id=snap.workflow_id)
             return Canceled(RunStatus.CANCELED, True)
         raise Conflict(run_id)
 
@@ -384,8 +386,7 @@ class RunService:
         or suspends unless keep_open_on_suspend). Raises RunNotFound, CursorExpired."""
         if after_sequence < 0:
             raise InvalidArgument(
-                "after_sequence must not be negative",
-                [FieldViolation("after_sequence", "must be >= 0")],
+                "invalid watch cursor", [FieldViolation("after_sequence", "must not be negative")]
             )
         stored = await self.get(run_id)
         first_kept = await self.store.first_kept_sequence(run_id)
@@ -517,8 +518,7 @@ def _split_path(segments: Sequence[str], field_name: str) -> list[str]:
     path = [seg for part in segments for seg in part.split(".")]
     if not path or any(not seg for seg in path):
         raise InvalidArgument(
-            f"{field_name} must name a step",
-            [FieldViolation(field_name, "must be a non-empty step path")],
+            "invalid step path", [FieldViolation(field_name, "must be a non-empty step path")]
         )
     return path
 

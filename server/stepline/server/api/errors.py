@@ -152,6 +152,18 @@ def _clip_message(text: str, limit: int = MAX_MESSAGE) -> str:
     return text
 
 
+def _invalid_message(error: InvalidArgument) -> str:
+    """The message, then the first violation and how many others there are: most clients
+    show only the message, and it should say which field to fix."""
+    if not error.violations:
+        return _clip_message(error.message)
+    first = error.violations[0]
+    more = len(error.violations) - 1
+    tail = f" (and {more} more)" if more else ""
+    head = f"{error.message}: {_clip(first.field)}: {_clip(first.description)}"
+    return _clip_message(head, MAX_MESSAGE - len(tail)) + tail
+
+
 def _resource(resource_type: str, name: str, description: str) -> Message:
     info: Message = error_details_pb2.ResourceInfo(
         resource_type=resource_type,
@@ -170,8 +182,12 @@ def to_status(error: BaseException) -> status_pb2.Status:
         extra: list[Message] = []
     else:
         code = status_code(error)
-        text = STORE_UNAVAILABLE_MESSAGE if isinstance(error, StoreUnavailable) else error.message
-        message = _clip_message(text)
+        if isinstance(error, InvalidArgument):
+            message = _invalid_message(error)
+        elif isinstance(error, StoreUnavailable):
+            message = STORE_UNAVAILABLE_MESSAGE
+        else:
+            message = _clip_message(error.message)
         metadata = {key: str(value) for key, value in error.metadata.items()}
         extra = _details(error, metadata)
         metadata = {key: _clip(value, MAX_ID) for key, value in metadata.items()}

@@ -16,12 +16,13 @@ from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 from google.protobuf.message import Message
 
 from ..context import MAX_JSON_DEPTH
-from ..errors import FieldViolation, InvalidArgument
+from ..errors import VALUE_TOO_DEEP, FieldViolation, InvalidArgument
 
 # Doubles represent every integer up to 2**53 exactly; beyond that an "integral" float is a
 # rounded value and stays a float rather than pretending to be an exact int.
 _MAX_EXACT_INT = 2**53
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+TOO_DEEP = f"is nested too deeply (JSON values nest at most {MAX_JSON_DEPTH} levels)"
 
 
 # -- encoding (engine JSON -> proto) -------------------------------------------------------------
@@ -105,15 +106,18 @@ class RequestDecoder:
 
     def __init__(self) -> None:
         self.violations: list[FieldViolation] = []
+        self._too_deep = 0
 
     def fail(self, field: str, description: str) -> None:
         self.violations.append(FieldViolation(field, description))
 
     def check(self) -> None:
-        """Raise InvalidArgument listing every violation found so far, if any."""
+        """Raise InvalidArgument listing every violation found so far, if any; its reason is
+        VALUE_TOO_DEEP when nesting is all that is wrong."""
         if self.violations:
-            fields = ", ".join(v.field for v in self.violations)
-            raise InvalidArgument(f"invalid request: {fields}", self.violations)
+            only_depth = self._too_deep == len(self.violations)
+            reason = VALUE_TOO_DEEP if only_depth else InvalidArgument.reason
+            raise InvalidArgument("invalid request", self.violations, reason=reason)
 
     def required(self, value: str, field: str) -> str:
         if not value:
@@ -153,7 +157,8 @@ class RequestDecoder:
     def _nestable(self, field: str, depth: int) -> bool:
         if depth < MAX_JSON_DEPTH:
             return True
-        self.fail(field, f"is nested too deeply (JSON values nest at most {MAX_JSON_DEPTH} levels)")
+        self.fail(field, TOO_DEEP)
+        self._too_deep += 1
         return False
 
     def optional_value(self, message: Message, field: str) -> Any:

@@ -4,7 +4,9 @@ grpc answers a request deserializer that raises with UNKNOWN ("Unexpected Decode
 no details. The deserializers made here never raise: undecodable bytes (corrupt framing, a
 string that is not UTF-8, nesting deeper than protobuf's limit of 100 messages) become a
 `MalformedRequest`, which the RPC guard (`errors.unary` / `errors.streaming`) refuses with
-INVALID_ARGUMENT and a BadRequest naming the top-level field whose bytes do not decode.
+INVALID_ARGUMENT and a BadRequest naming the top-level field whose bytes do not decode (reason
+MALFORMED_REQUEST; VALUE_TOO_DEEP for nesting, which is valid protobuf that no JSON value here
+may have).
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import DecodeError, Message
 
-from ..context import MAX_JSON_DEPTH
-from ..errors import FieldViolation, InvalidArgument
+from ..errors import VALUE_TOO_DEEP, FieldViolation, InvalidArgument
+from .values import TOO_DEEP
 
 M = TypeVar("M", bound=Message)
 
@@ -30,10 +32,10 @@ class MalformedRequest:
 
     def error(self) -> InvalidArgument:
         where = self.field or "(request)"
+        # Nesting past the runtime's limit is still valid protobuf: the value is what's wrong.
+        reason = VALUE_TOO_DEEP if self.problem == TOO_DEEP else "MALFORMED_REQUEST"
         return InvalidArgument(
-            f"malformed {self.type_name}: {where} {self.problem}",
-            [FieldViolation(where, self.problem)],
-            reason="MALFORMED_REQUEST",
+            f"malformed {self.type_name}", [FieldViolation(where, self.problem)], reason=reason
         )
 
 
@@ -54,7 +56,7 @@ def lenient_deserializer(message_class: type[M]) -> Callable[[bytes], M | Malfor
 def _problem(err: BaseException) -> str:
     text = str(err)
     if "Depth" in text or isinstance(err, RecursionError):
-        return f"is nested too deeply (JSON values nest at most {MAX_JSON_DEPTH} levels)"
+        return TOO_DEEP
     if "UTF-8" in text:
         return "is not valid UTF-8"
     return "is not a valid protobuf encoding"
