@@ -165,12 +165,18 @@ class Client:
         trace_metadata: Mapping[str, Any] | None = None,
         request_id: str = "",
         include_state: bool = False,
+        per_step: bool = False,
         timeout: float | None = None,
     ) -> RunResult:
-        """Start a run and wait until it settles (success, failed, canceled or suspended).
+        """Start a run and wait until it settles (success, failed, canceled, suspended or
+        paused).
 
         `run_id` lets the caller choose the id; with `request_id` a retried start returns
-        the same run instead of starting a new one. `timeout` bounds the call, not the run.
+        the same run instead of starting a new one. `include_state` returns the run's state,
+        and the run remembers it: every later result and finish event of the run carries the
+        state. `per_step` runs only the first top-level step, then the run is PAUSED;
+        continue it one step at a time with `time_travel(run_id, next_step, per_step=True)`.
+        `timeout` bounds the call, not the run.
         """
         request = pb.StartRequest(
             workflow_id=workflow_id,
@@ -184,6 +190,7 @@ class Client:
             ),
             request_id=request_id,
             output_options=run_pb2.OutputOptions(include_state=include_state),
+            per_step=per_step,
         )
         with translate_errors():
             response = await self._stub.Start(request, timeout=timeout, metadata=self._metadata)
@@ -201,9 +208,12 @@ class Client:
         trace_id: str = "",
         trace_metadata: Mapping[str, Any] | None = None,
         request_id: str = "",
+        include_state: bool = False,
+        per_step: bool = False,
         timeout: float | None = None,
     ) -> StartedRun:
-        """Start a run and return as soon as it is recorded durably (not when it finishes)."""
+        """Start a run and return as soon as it is recorded durably (not when it finishes).
+        `include_state` and `per_step` as for `start`."""
         request = pb.StartAsyncRequest(
             workflow_id=workflow_id,
             run_id=run_id,
@@ -215,6 +225,8 @@ class Client:
                 trace_id=trace_id, metadata=_struct_or_none(trace_metadata)
             ),
             request_id=request_id,
+            output_options=run_pb2.OutputOptions(include_state=include_state),
+            per_step=per_step,
         )
         with translate_errors():
             response = await self._stub.StartAsync(
@@ -235,10 +247,13 @@ class Client:
         trace_metadata: Mapping[str, Any] | None = None,
         request_id: str = "",
         keep_open_on_suspend: bool = False,
+        include_state: bool = False,
+        per_step: bool = False,
         reconnect: bool = True,
     ) -> AsyncIterator[RunEvent]:
         """Start a run and yield its events until it settles (or, with
-        `keep_open_on_suspend`, until it finishes).
+        `keep_open_on_suspend`, until it finishes). `include_state` and `per_step` as for
+        `start`.
 
         After the first event, a dropped connection is picked up with `watch` from the last
         event seen (when `reconnect`), so no event is missed or repeated.
@@ -255,6 +270,8 @@ class Client:
             ),
             request_id=request_id,
             keep_open_on_suspend=keep_open_on_suspend,
+            output_options=run_pb2.OutputOptions(include_state=include_state),
+            per_step=per_step,
         )
         return self._follow(
             lambda: self._stub.Stream(request, metadata=self._metadata),
@@ -275,12 +292,14 @@ class Client:
         request_context: Mapping[str, Any] | None = None,
         for_each_index: int | None = None,
         include_state: bool = False,
+        per_step: bool = False,
         timeout: float | None = None,
     ) -> RunResult:
         """Resume a suspended run with `data` and wait until it settles again.
 
         `step` names the suspended step (a str is one step id; a sequence is a path through
         nested workflows); leave it out when exactly one step is suspended, or use `label`.
+        `per_step` stops the run (PAUSED) after the top-level step that holds it.
         """
         request = pb.ResumeRequest(
             run_id=run_id,
@@ -290,6 +309,7 @@ class Client:
             request_context=_struct_or_none(request_context),
             output_options=run_pb2.OutputOptions(include_state=include_state),
             for_each_index=for_each_index,
+            per_step=per_step,
         )
         with translate_errors():
             response = await self._stub.Resume(request, timeout=timeout, metadata=self._metadata)
@@ -304,6 +324,8 @@ class Client:
         label: str = "",
         request_context: Mapping[str, Any] | None = None,
         for_each_index: int | None = None,
+        include_state: bool = False,
+        per_step: bool = False,
         timeout: float | None = None,
     ) -> ResumedRun:
         """Resume a suspended run and return at once; watch from `after_sequence` to follow."""
@@ -314,6 +336,8 @@ class Client:
             resume_data=to_value(data),
             request_context=_struct_or_none(request_context),
             for_each_index=for_each_index,
+            output_options=run_pb2.OutputOptions(include_state=include_state),
+            per_step=per_step,
         )
         with translate_errors():
             response = await self._stub.ResumeAsync(
@@ -331,6 +355,8 @@ class Client:
         request_context: Mapping[str, Any] | None = None,
         for_each_index: int | None = None,
         keep_open_on_suspend: bool = False,
+        include_state: bool = False,
+        per_step: bool = False,
         reconnect: bool = True,
     ) -> AsyncIterator[RunEvent]:
         """Resume a suspended run and yield the continuation's events until it settles."""
@@ -342,6 +368,8 @@ class Client:
             request_context=_struct_or_none(request_context),
             for_each_index=for_each_index,
             keep_open_on_suspend=keep_open_on_suspend,
+            output_options=run_pb2.OutputOptions(include_state=include_state),
+            per_step=per_step,
         )
         return self._follow(
             lambda: self._stub.ResumeStream(request, metadata=self._metadata),
@@ -363,16 +391,20 @@ class Client:
         context: Mapping[str, Mapping[str, Any]] | None = None,
         request_context: Mapping[str, Any] | None = None,
         include_state: bool = False,
+        per_step: bool = False,
         timeout: float | None = None,
     ) -> RunResult:
         """Re-execute a settled run from `step` (an id, a dotted path, or a path) and wait
         until it settles again. `context` supplies prior step results by step id, each a
-        mapping with `output` (and optionally `payload`, `status`, default "success")."""
+        mapping with `output` (and optionally `payload`, `status`, default "success").
+        `per_step` stops the run (PAUSED) after the top-level step holding `step`: time
+        travel to the next step with `per_step` continues a paused run one step at a time."""
         request = pb.TimeTravelRequest(
             **_time_travel_fields(
                 run_id, step, input_data, initial_state, resume_data, context, request_context
             ),
             output_options=run_pb2.OutputOptions(include_state=include_state),
+            per_step=per_step,
         )
         with translate_errors():
             response = await self._stub.TimeTravel(
@@ -390,6 +422,8 @@ class Client:
         resume_data: Any = None,
         context: Mapping[str, Mapping[str, Any]] | None = None,
         request_context: Mapping[str, Any] | None = None,
+        include_state: bool = False,
+        per_step: bool = False,
         reconnect: bool = True,
     ) -> AsyncIterator[RunEvent]:
         """Like `time_travel`, yielding the re-execution's events until it settles."""
@@ -397,6 +431,8 @@ class Client:
             **_time_travel_fields(
                 run_id, step, input_data, initial_state, resume_data, context, request_context
             ),
+            output_options=run_pb2.OutputOptions(include_state=include_state),
+            per_step=per_step,
         )
         return self._follow(
             lambda: self._stub.TimeTravelStream(request, metadata=self._metadata),
@@ -415,10 +451,27 @@ class Client:
             )
         return CancelResult._from_proto(response)
 
-    async def restart(self, run_id: str, *, include_state: bool = False) -> RunResult:
-        """Re-drive an active run that no server holds; a finished run returns its result."""
+    async def restart(
+        self,
+        run_id: str,
+        *,
+        include_state: bool = False,
+        request_context: Mapping[str, Any] | None = None,
+        trace_id: str = "",
+        trace_metadata: Mapping[str, Any] | None = None,
+    ) -> RunResult:
+        """Re-drive an active run that no server holds; a finished run returns its result.
+
+        `request_context` is merged over the stored one (its keys win); `trace_id` and
+        `trace_metadata` replace the run's, from this re-drive on.
+        """
         request = pb.RestartRequest(
-            run_id=run_id, output_options=run_pb2.OutputOptions(include_state=include_state)
+            run_id=run_id,
+            output_options=run_pb2.OutputOptions(include_state=include_state),
+            request_context=_struct_or_none(request_context),
+            tracing_options=run_pb2.TracingOptions(
+                trace_id=trace_id, metadata=_struct_or_none(trace_metadata)
+            ),
         )
         with translate_errors():
             response = await self._stub.Restart(request, metadata=self._metadata)

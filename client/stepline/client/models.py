@@ -32,6 +32,8 @@ class RunStatus(StrEnum):
     SUCCESS = "success"
     FAILED = "failed"
     CANCELED = "canceled"
+    # Stopped after one top-level step (per_step); a time travel continues it.
+    PAUSED = "paused"
 
     @property
     def finished(self) -> bool:
@@ -40,8 +42,8 @@ class RunStatus(StrEnum):
 
     @property
     def settled(self) -> bool:
-        """Finished or suspended: nothing runs until a caller acts."""
-        return self.finished or self is RunStatus.SUSPENDED
+        """Finished, suspended or paused: nothing runs until a caller acts."""
+        return self.finished or self in (RunStatus.SUSPENDED, RunStatus.PAUSED)
 
     @classmethod
     def _from_proto(cls, number: int) -> RunStatus:
@@ -91,6 +93,7 @@ class EventType(StrEnum):
     STEP_WAITING = "step-waiting"
     WORKFLOW_CANCELED = "workflow-canceled"
     WORKFLOW_FINISH = "workflow-finish"
+    WORKFLOW_PAUSED = "workflow-paused"
 
 
 def _time(message: Message, name: str) -> datetime | None:
@@ -190,7 +193,8 @@ class RunResult:
     """A run's state: status, result or error, every step's result, and what is suspended.
 
     `result` is set on success, `error` on failure, `suspended` while suspended, and `state`
-    only when it was asked for (`include_state=True`).
+    only when it was asked for (`include_state=True`, now or by an earlier request of the
+    run). A PAUSED run (per_step) has neither result nor error.
     """
 
     run_id: str
@@ -284,7 +288,9 @@ class RunEvent:
     - step-suspended: step_id, payload, suspend_payload, labels, suspended_at
     - step-waiting: step_id, payload, started_at, wake_at
     - workflow-canceled: (empty)
-    - workflow-finish: status, result? | error?, suspended
+    - workflow-paused: (empty); a per_step pass stopped, workflow-finish (paused) follows
+    - workflow-finish: status, result? | error?, suspended, state? (when the run
+      remembers include_state)
 
     A key marked `?` is present only when the server set it. Values are JSON, except that
     times are datetimes, statuses are RunStatus/StepStatus, `error` is a RunError and

@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from stepline.v1 import run_pb2 as stepline_dot_v1_dot_run__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17stepline/v1/event.proto\x12\x0bstepline.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15stepline/v1/run.proto\"\xe7\x04\n\x08RunEvent\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12-\n\ttimestamp\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x39\n\x0eworkflow_start\x18\n \x01(\x0b\x32\x1f.stepline.v1.WorkflowStartEventH\x00\x12\x31\n\nstep_start\x18\x0b \x01(\x0b\x32\x1b.stepline.v1.StepStartEventH\x00\x12\x33\n\x0bstep_output\x18\x0c \x01(\x0b\x32\x1c.stepline.v1.StepOutputEventH\x00\x12\x37\n\rstep_progress\x18\r \x01(\x0b\x32\x1e.stepline.v1.StepProgressEventH\x00\x12\x33\n\x0bstep_result\x18\x0e \x01(\x0b\x32\x1c.stepline.v1.StepResultEventH\x00\x12\x39\n\x0estep_suspended\x18\x0f \x01(\x0b\x32\x1f.stepline.v1.StepSuspendedEventH\x00\x12\x35\n\x0cstep_waiting\x18\x10 \x01(\x0b\x32\x1d.stepline.v1.StepWaitingEventH\x00\x12?\n\x11workflow_canceled\x18\x11 \x01(\x0b\x32\".stepline.v1.WorkflowCanceledEventH\x00\x12;\n\x0fworkflow_finish\x18\x12 \x01(\x0b\x32 .stepline.v1.WorkflowFinishEventH\x00\x42\t\n\x07payload\"S\n\x12WorkflowStartEvent\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12(\n\x06reason\x18\x02 \x01(\x0e\x32\x18.stepline.v1.StartReason\"\xd5\x01\n\x0eStepStartEvent\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\'\n\x07payload\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value\x12.\n\nstarted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x0eresume_payload\x18\x04 \x01(\x0b\x32\x16.google.protobuf.Value\x12)\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"J\n\x0fStepOutputEvent\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12&\n\x06output\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value\"\xce\x01\n\x11StepProgressEvent\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63ompleted_count\x18\x02 \x01(\x05\x12\x13\n\x0btotal_count\x18\x03 \x01(\x05\x12\x15\n\rcurrent_index\x18\x04 \x01(\x05\x12\x31\n\x10iteration_status\x18\x05 \x01(\x0e\x32\x17.stepline.v1.StepStatus\x12\x30\n\x10iteration_output\x18\x06 \x01(\x0b\x32\x16.google.protobuf.Value\"\xb2\x02\n\x0fStepResultEvent\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0e\x32\x17.stepline.v1.StepStatus\x12\'\n\x07payload\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\x12&\n\x06output\x18\x04 \x01(\x0b\x32\x16.google.protobuf.Value\x12$\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x15.stepline.v1.RunError\x12.\n\nstarted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x61ttempts\x18\x08 \x01(\x05\"\xc1\x01\n\x12StepSuspendedEvent\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\'\n\x07payload\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value\x12/\n\x0fsuspend_payload\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x0e\n\x06labels\x18\x04 \x03(\t\x12\x30\n\x0csuspended_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa9\x01\n\x10StepWaitingEvent\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\'\n\x07payload\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value\x12.\n\nstarted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07wake_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x17\n\x15WorkflowCanceledEvent\"\xba\x01\n\x13WorkflowFinishEvent\x12&\n\x06status\x18\x01 \x01(\x0e\x32\x16.stepline.v1.RunStatus\x12&\n\x06result\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value\x12$\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x15.stepline.v1.RunError\x12-\n\tsuspended\x18\x04 \x03(\x0b\x32\x1a.stepline.v1.SuspendedStep*\x94\x01\n\x0bStartReason\x12\x1c\n\x18START_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12START_REASON_START\x10\x01\x12\x17\n\x13START_REASON_RESUME\x10\x02\x12\x18\n\x14START_REASON_RESTART\x10\x03\x12\x1c\n\x18START_REASON_TIME_TRAVEL\x10\x04\x42?Z=github.com/stepline/stepline/client/go/stepline/v1;steplinev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17stepline/v1/event.proto\x12\x0bstepline.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15stepline/v1/run.proto\"\xa4\x05\n\x08RunEvent\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12-\n\ttimestamp\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x39\n\x0eworkflow_start\x18\n \x01(\x0b\x32\x1f.stepline.v1.WorkflowStartEventH\x00\x12\x31\n\nstep_start\x18\x0b \x01(\x0b\x32\x1b.stepline.v1.StepStartEventH\x00\x12\x33\n\x0bstep_output\x18\x0c \x01(\x0b\x32\x1c.stepline.v1.StepOutputEventH\x00\x12\x37\n\rstep_progress\x18\r \x01(\x0b\x32\x1e.stepline.v1.StepProgressEventH\x00\x12\x33\n\x0bstep_result\x18\x0e \x01(\x0b\x32\x1c.stepline.v1.StepResultEventH\x00\x12\x39\n\x0estep_suspended\x18\x0f \x01(\x0b\x32\x1f.stepline.v1.StepSuspendedEventH\x00\x12\x35\n\x0cstep_waiting\x18\x10 \x01(\x0b\x32\x1d.stepline.v1.StepWaitingEventH\x00\x12?\n\x11workflow_canceled\x18\x11 \x01(\x0b\x32\".stepline.v1.WorkflowCanceledEventH\x00\x12;\n\x0fworkflow_finish\x18\x12 \x01(\x0b\x32 .stepline.v1.WorkflowFinishEventH\x00\x12;\n\x0fworkflow_paused\x18\x13 \x01(\x0b\x32 .stepline.v1.WorkflowPausedEventH\x00\x42\t\n\x07payload\"S\n\x12WorkflowStartEvent\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12(\n\x06reason\x18\x02 \x01(\x0e\x32\x18.stepline.v1.StartReason\"\xd5\x01\n\x0eStepStartEvent\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\'\n\x07payload\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value\x12.\n\nstarted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x0eresume_payload\x18\x04 \x01(\x0b\x32\x16.google.protobuf.Value\x12)\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"J\n\x0fStepOutputEvent\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12&\n\x06output\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value\"\xce\x01\n\x11StepProgressEvent\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63ompleted_count\x18\x02 \x01(\x05\x12\x13\n\x0btotal_count\x18\x03 \x01(\x05\x12\x15\n\rcurrent_index\x18\x04 \x01(\x05\x12\x31\n\x10iteration_status\x18\x05 \x01(\x0e\x32\x17.stepline.v1.StepStatus\x12\x30\n\x10iteration_output\x18\x06 \x01(\x0b\x32\x16.google.protobuf.Value\"\xb2\x02\n\x0fStepResultEvent\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0e\x32\x17.stepline.v1.StepStatus\x12\'\n\x07payload\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\x12&\n\x06output\x18\x04 \x01(\x0b\x32\x16.google.protobuf.Value\x12$\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x15.stepline.v1.RunError\x12.\n\nstarted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x61ttempts\x18\x08 \x01(\x05\"\xc1\x01\n\x12StepSuspendedEvent\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\'\n\x07payload\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value\x12/\n\x0fsuspend_payload\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x0e\n\x06labels\x18\x04 \x03(\t\x12\x30\n\x0csuspended_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa9\x01\n\x10StepWaitingEvent\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\'\n\x07payload\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value\x12.\n\nstarted_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07wake_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x17\n\x15WorkflowCanceledEvent\"\x15\n\x13WorkflowPausedEvent\"\xe2\x01\n\x13WorkflowFinishEvent\x12&\n\x06status\x18\x01 \x01(\x0e\x32\x16.stepline.v1.RunStatus\x12&\n\x06result\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value\x12$\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x15.stepline.v1.RunError\x12-\n\tsuspended\x18\x04 \x03(\x0b\x32\x1a.stepline.v1.SuspendedStep\x12&\n\x05state\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct*\x94\x01\n\x0bStartReason\x12\x1c\n\x18START_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12START_REASON_START\x10\x01\x12\x17\n\x13START_REASON_RESUME\x10\x02\x12\x18\n\x14START_REASON_RESTART\x10\x03\x12\x1c\n\x18START_REASON_TIME_TRAVEL\x10\x04\x42?Z=github.com/stepline/stepline/client/go/stepline/v1;steplinev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,26 +35,28 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'stepline.v1.event_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z=github.com/stepline/stepline/client/go/stepline/v1;steplinev1'
-  _globals['_STARTREASON']._serialized_start=2222
-  _globals['_STARTREASON']._serialized_end=2370
+  _globals['_STARTREASON']._serialized_start=2346
+  _globals['_STARTREASON']._serialized_end=2494
   _globals['_RUNEVENT']._serialized_start=127
-  _globals['_RUNEVENT']._serialized_end=742
-  _globals['_WORKFLOWSTARTEVENT']._serialized_start=744
-  _globals['_WORKFLOWSTARTEVENT']._serialized_end=827
-  _globals['_STEPSTARTEVENT']._serialized_start=830
-  _globals['_STEPSTARTEVENT']._serialized_end=1043
-  _globals['_STEPOUTPUTEVENT']._serialized_start=1045
-  _globals['_STEPOUTPUTEVENT']._serialized_end=1119
-  _globals['_STEPPROGRESSEVENT']._serialized_start=1122
-  _globals['_STEPPROGRESSEVENT']._serialized_end=1328
-  _globals['_STEPRESULTEVENT']._serialized_start=1331
-  _globals['_STEPRESULTEVENT']._serialized_end=1637
-  _globals['_STEPSUSPENDEDEVENT']._serialized_start=1640
-  _globals['_STEPSUSPENDEDEVENT']._serialized_end=1833
-  _globals['_STEPWAITINGEVENT']._serialized_start=1836
-  _globals['_STEPWAITINGEVENT']._serialized_end=2005
-  _globals['_WORKFLOWCANCELEDEVENT']._serialized_start=2007
-  _globals['_WORKFLOWCANCELEDEVENT']._serialized_end=2030
-  _globals['_WORKFLOWFINISHEVENT']._serialized_start=2033
-  _globals['_WORKFLOWFINISHEVENT']._serialized_end=2219
+  _globals['_RUNEVENT']._serialized_end=803
+  _globals['_WORKFLOWSTARTEVENT']._serialized_start=805
+  _globals['_WORKFLOWSTARTEVENT']._serialized_end=888
+  _globals['_STEPSTARTEVENT']._serialized_start=891
+  _globals['_STEPSTARTEVENT']._serialized_end=1104
+  _globals['_STEPOUTPUTEVENT']._serialized_start=1106
+  _globals['_STEPOUTPUTEVENT']._serialized_end=1180
+  _globals['_STEPPROGRESSEVENT']._serialized_start=1183
+  _globals['_STEPPROGRESSEVENT']._serialized_end=1389
+  _globals['_STEPRESULTEVENT']._serialized_start=1392
+  _globals['_STEPRESULTEVENT']._serialized_end=1698
+  _globals['_STEPSUSPENDEDEVENT']._serialized_start=1701
+  _globals['_STEPSUSPENDEDEVENT']._serialized_end=1894
+  _globals['_STEPWAITINGEVENT']._serialized_start=1897
+  _globals['_STEPWAITINGEVENT']._serialized_end=2066
+  _globals['_WORKFLOWCANCELEDEVENT']._serialized_start=2068
+  _globals['_WORKFLOWCANCELEDEVENT']._serialized_end=2091
+  _globals['_WORKFLOWPAUSEDEVENT']._serialized_start=2093
+  _globals['_WORKFLOWPAUSEDEVENT']._serialized_end=2114
+  _globals['_WORKFLOWFINISHEVENT']._serialized_start=2117
+  _globals['_WORKFLOWFINISHEVENT']._serialized_end=2343
 # @@protoc_insertion_point(module_scope)

@@ -62,6 +62,7 @@ class RunEvent(_message.Message):
     STEP_WAITING_FIELD_NUMBER: _builtins.int
     WORKFLOW_CANCELED_FIELD_NUMBER: _builtins.int
     WORKFLOW_FINISH_FIELD_NUMBER: _builtins.int
+    WORKFLOW_PAUSED_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     sequence: _builtins.int
     """Dense per-run sequence number, starting at 1."""
@@ -85,6 +86,8 @@ class RunEvent(_message.Message):
     def workflow_canceled(self) -> Global___WorkflowCanceledEvent: ...
     @_builtins.property
     def workflow_finish(self) -> Global___WorkflowFinishEvent: ...
+    @_builtins.property
+    def workflow_paused(self) -> Global___WorkflowPausedEvent: ...
     def __init__(
         self,
         *,
@@ -100,12 +103,13 @@ class RunEvent(_message.Message):
         step_waiting: Global___StepWaitingEvent | None = ...,
         workflow_canceled: Global___WorkflowCanceledEvent | None = ...,
         workflow_finish: Global___WorkflowFinishEvent | None = ...,
+        workflow_paused: Global___WorkflowPausedEvent | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload", "step_output", b"step_output", "step_progress", b"step_progress", "step_result", b"step_result", "step_start", b"step_start", "step_suspended", b"step_suspended", "step_waiting", b"step_waiting", "timestamp", b"timestamp", "workflow_canceled", b"workflow_canceled", "workflow_finish", b"workflow_finish", "workflow_start", b"workflow_start"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload", "step_output", b"step_output", "step_progress", b"step_progress", "step_result", b"step_result", "step_start", b"step_start", "step_suspended", b"step_suspended", "step_waiting", b"step_waiting", "timestamp", b"timestamp", "workflow_canceled", b"workflow_canceled", "workflow_finish", b"workflow_finish", "workflow_paused", b"workflow_paused", "workflow_start", b"workflow_start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload", "run_id", b"run_id", "sequence", b"sequence", "step_output", b"step_output", "step_progress", b"step_progress", "step_result", b"step_result", "step_start", b"step_start", "step_suspended", b"step_suspended", "step_waiting", b"step_waiting", "timestamp", b"timestamp", "workflow_canceled", b"workflow_canceled", "workflow_finish", b"workflow_finish", "workflow_start", b"workflow_start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload", "run_id", b"run_id", "sequence", b"sequence", "step_output", b"step_output", "step_progress", b"step_progress", "step_result", b"step_result", "step_start", b"step_start", "step_suspended", b"step_suspended", "step_waiting", b"step_waiting", "timestamp", b"timestamp", "workflow_canceled", b"workflow_canceled", "workflow_finish", b"workflow_finish", "workflow_paused", b"workflow_paused", "workflow_start", b"workflow_start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["workflow_start", "step_start", "step_output", "step_progress", "step_result", "step_suspended", "step_waiting", "workflow_canceled", "workflow_finish"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["workflow_start", "step_start", "step_output", "step_progress", "step_result", "step_suspended", "step_waiting", "workflow_canceled", "workflow_finish", "workflow_paused"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
@@ -371,6 +375,25 @@ class WorkflowCanceledEvent(_message.Message):
 Global___WorkflowCanceledEvent: _TypeAlias = WorkflowCanceledEvent  # noqa: Y015
 
 @_typing.final
+class WorkflowPausedEvent(_message.Message):
+    """A per_step pass ran its one top-level step and the run is PAUSED; a WorkflowFinishEvent
+    (status PAUSED) follows.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkflowPausedEvent: _TypeAlias = WorkflowPausedEvent  # noqa: Y015
+
+@_typing.final
 class WorkflowFinishEvent(_message.Message):
     """The run settled: the last event of an execution pass."""
 
@@ -380,6 +403,7 @@ class WorkflowFinishEvent(_message.Message):
     RESULT_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     SUSPENDED_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
     status: _run_pb2.RunStatus.ValueType
     @_builtins.property
     def result(self) -> _struct_pb2.Value: ...
@@ -387,6 +411,12 @@ class WorkflowFinishEvent(_message.Message):
     def error(self) -> _run_pb2.RunError: ...
     @_builtins.property
     def suspended(self) -> _containers.RepeatedCompositeFieldContainer[_run_pb2.SuspendedStep]: ...
+    @_builtins.property
+    def state(self) -> _struct_pb2.Struct:
+        """The run's state when it settled; set when the run remembers include_state (see
+        OutputOptions).
+        """
+
     def __init__(
         self,
         *,
@@ -394,10 +424,11 @@ class WorkflowFinishEvent(_message.Message):
         result: _struct_pb2.Value | None = ...,
         error: _run_pb2.RunError | None = ...,
         suspended: _abc.Iterable[_run_pb2.SuspendedStep] | None = ...,
+        state: _struct_pb2.Struct | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "result", b"result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "result", b"result", "state", b"state"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "result", b"result", "status", b"status", "suspended", b"suspended"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "result", b"result", "state", b"state", "status", b"status", "suspended", b"suspended"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -39,6 +39,10 @@ class _RunStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunStatus.V
     RUN_STATUS_SUCCESS: _RunStatus.ValueType  # 5
     RUN_STATUS_FAILED: _RunStatus.ValueType  # 6
     RUN_STATUS_CANCELED: _RunStatus.ValueType  # 7
+    RUN_STATUS_PAUSED: _RunStatus.ValueType  # 8
+    """Stopped after one top-level step because the request asked for per_step; nothing runs
+    until a TimeTravel continues it (Resume refuses it: it is not suspended).
+    """
 
 class RunStatus(_RunStatus, metaclass=_RunStatusEnumTypeWrapper):
     """The lifecycle status of a run."""
@@ -55,6 +59,10 @@ RUN_STATUS_SUSPENDED: RunStatus.ValueType  # 4
 RUN_STATUS_SUCCESS: RunStatus.ValueType  # 5
 RUN_STATUS_FAILED: RunStatus.ValueType  # 6
 RUN_STATUS_CANCELED: RunStatus.ValueType  # 7
+RUN_STATUS_PAUSED: RunStatus.ValueType  # 8
+"""Stopped after one top-level step because the request asked for per_step; nothing runs
+until a TimeTravel continues it (Resume refuses it: it is not suspended).
+"""
 Global___RunStatus: _TypeAlias = RunStatus  # noqa: Y015
 
 class _StepStatus:
@@ -144,7 +152,11 @@ Global___TracingOptions: _TypeAlias = TracingOptions  # noqa: Y015
 
 @_typing.final
 class OutputOptions(_message.Message):
-    """What a returned RunResult contains beyond the defaults."""
+    """What a returned RunResult contains beyond the defaults. A request that sets
+    include_state makes the run remember it: every later result of the run (Start, Resume,
+    TimeTravel, Restart, GetExecutionResult) and every later finish event carries the state,
+    whatever those requests say. false leaves what the run remembers unchanged.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -337,7 +349,9 @@ class RunResult(_message.Message):
 
     @_builtins.property
     def state(self) -> _struct_pb2.Struct:
-        """Set when the request asked for it (output_options.include_state)."""
+        """Set when the request asked for it (include_state), or an earlier request of the run
+        did (output_options.include_state).
+        """
 
     @_builtins.property
     def step_execution_path(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...

@@ -36,12 +36,20 @@ class StartAsyncRequest(_message.Message):
     REQUEST_CONTEXT_FIELD_NUMBER: _builtins.int
     TRACING_OPTIONS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    OUTPUT_OPTIONS_FIELD_NUMBER: _builtins.int
+    PER_STEP_FIELD_NUMBER: _builtins.int
     workflow_id: _builtins.str
     run_id: _builtins.str
     """Caller-chosen run id; generated when empty."""
     resource_id: _builtins.str
     request_id: _builtins.str
     """Idempotency key: a retried start with the same run_id and request_id starts nothing new."""
+    per_step: _builtins.bool
+    """Run one top-level step (a step, a nested workflow, a map, a sleep, or a whole parallel,
+    branch, loop or foreach entry), then stop with status PAUSED and a workflow-paused event.
+    Continue with TimeTravel{step: the next step, per_step}. A step that suspends or fails
+    settles the run as usual; the workflow's last step finishes it as usual.
+    """
     @_builtins.property
     def input_data(self) -> _struct_pb2.Value: ...
     @_builtins.property
@@ -50,6 +58,10 @@ class StartAsyncRequest(_message.Message):
     def request_context(self) -> _struct_pb2.Struct: ...
     @_builtins.property
     def tracing_options(self) -> _run_pb2.TracingOptions: ...
+    @_builtins.property
+    def output_options(self) -> _run_pb2.OutputOptions:
+        """include_state is remembered by the run: later results and finish events carry the state."""
+
     def __init__(
         self,
         *,
@@ -61,10 +73,12 @@ class StartAsyncRequest(_message.Message):
         request_context: _struct_pb2.Struct | None = ...,
         tracing_options: _run_pb2.TracingOptions | None = ...,
         request_id: _builtins.str = ...,
+        output_options: _run_pb2.OutputOptions | None = ...,
+        per_step: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["initial_state", b"initial_state", "input_data", b"input_data", "request_context", b"request_context", "tracing_options", b"tracing_options"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["initial_state", b"initial_state", "input_data", b"input_data", "output_options", b"output_options", "request_context", b"request_context", "tracing_options", b"tracing_options"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["initial_state", b"initial_state", "input_data", b"input_data", "request_context", b"request_context", "request_id", b"request_id", "resource_id", b"resource_id", "run_id", b"run_id", "tracing_options", b"tracing_options", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["initial_state", b"initial_state", "input_data", b"input_data", "output_options", b"output_options", "per_step", b"per_step", "request_context", b"request_context", "request_id", b"request_id", "resource_id", b"resource_id", "run_id", b"run_id", "tracing_options", b"tracing_options", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -109,10 +123,13 @@ class StartRequest(_message.Message):
     TRACING_OPTIONS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     OUTPUT_OPTIONS_FIELD_NUMBER: _builtins.int
+    PER_STEP_FIELD_NUMBER: _builtins.int
     workflow_id: _builtins.str
     run_id: _builtins.str
     resource_id: _builtins.str
     request_id: _builtins.str
+    per_step: _builtins.bool
+    """See StartAsyncRequest.per_step."""
     @_builtins.property
     def input_data(self) -> _struct_pb2.Value: ...
     @_builtins.property
@@ -135,10 +152,11 @@ class StartRequest(_message.Message):
         tracing_options: _run_pb2.TracingOptions | None = ...,
         request_id: _builtins.str = ...,
         output_options: _run_pb2.OutputOptions | None = ...,
+        per_step: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["initial_state", b"initial_state", "input_data", b"input_data", "output_options", b"output_options", "request_context", b"request_context", "tracing_options", b"tracing_options"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["initial_state", b"initial_state", "input_data", b"input_data", "output_options", b"output_options", "request_context", b"request_context", "request_id", b"request_id", "resource_id", b"resource_id", "run_id", b"run_id", "tracing_options", b"tracing_options", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["initial_state", b"initial_state", "input_data", b"input_data", "output_options", b"output_options", "per_step", b"per_step", "request_context", b"request_context", "request_id", b"request_id", "resource_id", b"resource_id", "run_id", b"run_id", "tracing_options", b"tracing_options", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -177,12 +195,16 @@ class StreamRequest(_message.Message):
     TRACING_OPTIONS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     KEEP_OPEN_ON_SUSPEND_FIELD_NUMBER: _builtins.int
+    OUTPUT_OPTIONS_FIELD_NUMBER: _builtins.int
+    PER_STEP_FIELD_NUMBER: _builtins.int
     workflow_id: _builtins.str
     run_id: _builtins.str
     resource_id: _builtins.str
     request_id: _builtins.str
     keep_open_on_suspend: _builtins.bool
     """By default the stream ends when the run suspends; true keeps it open across resumes."""
+    per_step: _builtins.bool
+    """See StartAsyncRequest.per_step. The stream ends with the finish event (status PAUSED)."""
     @_builtins.property
     def input_data(self) -> _struct_pb2.Value: ...
     @_builtins.property
@@ -191,6 +213,10 @@ class StreamRequest(_message.Message):
     def request_context(self) -> _struct_pb2.Struct: ...
     @_builtins.property
     def tracing_options(self) -> _run_pb2.TracingOptions: ...
+    @_builtins.property
+    def output_options(self) -> _run_pb2.OutputOptions:
+        """include_state is remembered by the run: the finish event carries the state."""
+
     def __init__(
         self,
         *,
@@ -203,10 +229,12 @@ class StreamRequest(_message.Message):
         tracing_options: _run_pb2.TracingOptions | None = ...,
         request_id: _builtins.str = ...,
         keep_open_on_suspend: _builtins.bool = ...,
+        output_options: _run_pb2.OutputOptions | None = ...,
+        per_step: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["initial_state", b"initial_state", "input_data", b"input_data", "request_context", b"request_context", "tracing_options", b"tracing_options"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["initial_state", b"initial_state", "input_data", b"input_data", "output_options", b"output_options", "request_context", b"request_context", "tracing_options", b"tracing_options"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["initial_state", b"initial_state", "input_data", b"input_data", "keep_open_on_suspend", b"keep_open_on_suspend", "request_context", b"request_context", "request_id", b"request_id", "resource_id", b"resource_id", "run_id", b"run_id", "tracing_options", b"tracing_options", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["initial_state", b"initial_state", "input_data", b"input_data", "keep_open_on_suspend", b"keep_open_on_suspend", "output_options", b"output_options", "per_step", b"per_step", "request_context", b"request_context", "request_id", b"request_id", "resource_id", b"resource_id", "run_id", b"run_id", "tracing_options", b"tracing_options", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -243,11 +271,16 @@ class ResumeRequest(_message.Message):
     REQUEST_CONTEXT_FIELD_NUMBER: _builtins.int
     OUTPUT_OPTIONS_FIELD_NUMBER: _builtins.int
     FOR_EACH_INDEX_FIELD_NUMBER: _builtins.int
+    PER_STEP_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     label: _builtins.str
     """Resume the step that suspended with this label (instead of step)."""
     for_each_index: _builtins.int
     """Resume only this iteration of a suspended foreach."""
+    per_step: _builtins.bool
+    """Stop after the top-level step that holds the resumed step (status PAUSED); see
+    StartAsyncRequest.per_step.
+    """
     @_builtins.property
     def step(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Path of the step to resume (nested workflows add segments); empty to auto-detect."""
@@ -270,10 +303,11 @@ class ResumeRequest(_message.Message):
         request_context: _struct_pb2.Struct | None = ...,
         output_options: _run_pb2.OutputOptions | None = ...,
         for_each_index: _builtins.int | None = ...,
+        per_step: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_for_each_index", b"_for_each_index", "for_each_index", b"for_each_index", "output_options", b"output_options", "request_context", b"request_context", "resume_data", b"resume_data"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_for_each_index", b"_for_each_index", "for_each_index", b"for_each_index", "label", b"label", "output_options", b"output_options", "request_context", b"request_context", "resume_data", b"resume_data", "run_id", b"run_id", "step", b"step"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_for_each_index", b"_for_each_index", "for_each_index", b"for_each_index", "label", b"label", "output_options", b"output_options", "per_step", b"per_step", "request_context", b"request_context", "resume_data", b"resume_data", "run_id", b"run_id", "step", b"step"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__for_each_index: _TypeAlias = _typing.Literal["for_each_index"]  # noqa: Y015
     _WhichOneofArgType__for_each_index: _TypeAlias = _typing.Literal["_for_each_index", b"_for_each_index"]  # noqa: Y015
@@ -311,15 +345,23 @@ class ResumeAsyncRequest(_message.Message):
     RESUME_DATA_FIELD_NUMBER: _builtins.int
     REQUEST_CONTEXT_FIELD_NUMBER: _builtins.int
     FOR_EACH_INDEX_FIELD_NUMBER: _builtins.int
+    OUTPUT_OPTIONS_FIELD_NUMBER: _builtins.int
+    PER_STEP_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     label: _builtins.str
     for_each_index: _builtins.int
+    per_step: _builtins.bool
+    """See ResumeRequest.per_step."""
     @_builtins.property
     def step(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def resume_data(self) -> _struct_pb2.Value: ...
     @_builtins.property
     def request_context(self) -> _struct_pb2.Struct: ...
+    @_builtins.property
+    def output_options(self) -> _run_pb2.OutputOptions:
+        """include_state is remembered by the run (see OutputOptions)."""
+
     def __init__(
         self,
         *,
@@ -329,10 +371,12 @@ class ResumeAsyncRequest(_message.Message):
         resume_data: _struct_pb2.Value | None = ...,
         request_context: _struct_pb2.Struct | None = ...,
         for_each_index: _builtins.int | None = ...,
+        output_options: _run_pb2.OutputOptions | None = ...,
+        per_step: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_for_each_index", b"_for_each_index", "for_each_index", b"for_each_index", "request_context", b"request_context", "resume_data", b"resume_data"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_for_each_index", b"_for_each_index", "for_each_index", b"for_each_index", "output_options", b"output_options", "request_context", b"request_context", "resume_data", b"resume_data"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_for_each_index", b"_for_each_index", "for_each_index", b"for_each_index", "label", b"label", "request_context", b"request_context", "resume_data", b"resume_data", "run_id", b"run_id", "step", b"step"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_for_each_index", b"_for_each_index", "for_each_index", b"for_each_index", "label", b"label", "output_options", b"output_options", "per_step", b"per_step", "request_context", b"request_context", "resume_data", b"resume_data", "run_id", b"run_id", "step", b"step"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__for_each_index: _TypeAlias = _typing.Literal["for_each_index"]  # noqa: Y015
     _WhichOneofArgType__for_each_index: _TypeAlias = _typing.Literal["_for_each_index", b"_for_each_index"]  # noqa: Y015
@@ -377,16 +421,24 @@ class ResumeStreamRequest(_message.Message):
     REQUEST_CONTEXT_FIELD_NUMBER: _builtins.int
     FOR_EACH_INDEX_FIELD_NUMBER: _builtins.int
     KEEP_OPEN_ON_SUSPEND_FIELD_NUMBER: _builtins.int
+    OUTPUT_OPTIONS_FIELD_NUMBER: _builtins.int
+    PER_STEP_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     label: _builtins.str
     for_each_index: _builtins.int
     keep_open_on_suspend: _builtins.bool
+    per_step: _builtins.bool
+    """See ResumeRequest.per_step."""
     @_builtins.property
     def step(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def resume_data(self) -> _struct_pb2.Value: ...
     @_builtins.property
     def request_context(self) -> _struct_pb2.Struct: ...
+    @_builtins.property
+    def output_options(self) -> _run_pb2.OutputOptions:
+        """include_state is remembered by the run (see OutputOptions)."""
+
     def __init__(
         self,
         *,
@@ -397,10 +449,12 @@ class ResumeStreamRequest(_message.Message):
         request_context: _struct_pb2.Struct | None = ...,
         for_each_index: _builtins.int | None = ...,
         keep_open_on_suspend: _builtins.bool = ...,
+        output_options: _run_pb2.OutputOptions | None = ...,
+        per_step: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_for_each_index", b"_for_each_index", "for_each_index", b"for_each_index", "request_context", b"request_context", "resume_data", b"resume_data"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_for_each_index", b"_for_each_index", "for_each_index", b"for_each_index", "output_options", b"output_options", "request_context", b"request_context", "resume_data", b"resume_data"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_for_each_index", b"_for_each_index", "for_each_index", b"for_each_index", "keep_open_on_suspend", b"keep_open_on_suspend", "label", b"label", "request_context", b"request_context", "resume_data", b"resume_data", "run_id", b"run_id", "step", b"step"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_for_each_index", b"_for_each_index", "for_each_index", b"for_each_index", "keep_open_on_suspend", b"keep_open_on_suspend", "label", b"label", "output_options", b"output_options", "per_step", b"per_step", "request_context", b"request_context", "resume_data", b"resume_data", "run_id", b"run_id", "step", b"step"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__for_each_index: _TypeAlias = _typing.Literal["for_each_index"]  # noqa: Y015
     _WhichOneofArgType__for_each_index: _TypeAlias = _typing.Literal["_for_each_index", b"_for_each_index"]  # noqa: Y015
@@ -479,18 +533,34 @@ class RestartRequest(_message.Message):
 
     RUN_ID_FIELD_NUMBER: _builtins.int
     OUTPUT_OPTIONS_FIELD_NUMBER: _builtins.int
+    REQUEST_CONTEXT_FIELD_NUMBER: _builtins.int
+    TRACING_OPTIONS_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     @_builtins.property
-    def output_options(self) -> _run_pb2.OutputOptions: ...
+    def output_options(self) -> _run_pb2.OutputOptions:
+        """include_state is remembered by the run (see OutputOptions)."""
+
+    @_builtins.property
+    def request_context(self) -> _struct_pb2.Struct:
+        """Merged over the stored request context before the run is re-driven; supplied keys win."""
+
+    @_builtins.property
+    def tracing_options(self) -> _run_pb2.TracingOptions:
+        """A trace_id (1 to 32 hex characters) replaces the run's trace id, and metadata its trace
+        metadata, for the re-drive and after; empty parts leave the stored ones.
+        """
+
     def __init__(
         self,
         *,
         run_id: _builtins.str = ...,
         output_options: _run_pb2.OutputOptions | None = ...,
+        request_context: _struct_pb2.Struct | None = ...,
+        tracing_options: _run_pb2.TracingOptions | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["output_options", b"output_options"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["output_options", b"output_options", "request_context", b"request_context", "tracing_options", b"tracing_options"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["output_options", b"output_options", "run_id", b"run_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["output_options", b"output_options", "request_context", b"request_context", "run_id", b"run_id", "tracing_options", b"tracing_options"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -549,7 +619,12 @@ class TimeTravelRequest(_message.Message):
     CONTEXT_FIELD_NUMBER: _builtins.int
     REQUEST_CONTEXT_FIELD_NUMBER: _builtins.int
     OUTPUT_OPTIONS_FIELD_NUMBER: _builtins.int
+    PER_STEP_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
+    per_step: _builtins.bool
+    """Stop after the target's top-level step (status PAUSED): with step = the next step,
+    this continues a paused run one step at a time. See StartAsyncRequest.per_step.
+    """
     @_builtins.property
     def step(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Path of the step to re-execute from; a single element may be a dotted path."""
@@ -567,7 +642,9 @@ class TimeTravelRequest(_message.Message):
     @_builtins.property
     def request_context(self) -> _struct_pb2.Struct: ...
     @_builtins.property
-    def output_options(self) -> _run_pb2.OutputOptions: ...
+    def output_options(self) -> _run_pb2.OutputOptions:
+        """include_state is remembered by the run (see OutputOptions)."""
+
     def __init__(
         self,
         *,
@@ -579,10 +656,11 @@ class TimeTravelRequest(_message.Message):
         context: _abc.Mapping[_builtins.str, _run_pb2.StepResult] | None = ...,
         request_context: _struct_pb2.Struct | None = ...,
         output_options: _run_pb2.OutputOptions | None = ...,
+        per_step: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["initial_state", b"initial_state", "input_data", b"input_data", "output_options", b"output_options", "request_context", b"request_context", "resume_data", b"resume_data"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "initial_state", b"initial_state", "input_data", b"input_data", "output_options", b"output_options", "request_context", b"request_context", "resume_data", b"resume_data", "run_id", b"run_id", "step", b"step"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "initial_state", b"initial_state", "input_data", b"input_data", "output_options", b"output_options", "per_step", b"per_step", "request_context", b"request_context", "resume_data", b"resume_data", "run_id", b"run_id", "step", b"step"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -640,7 +718,11 @@ class TimeTravelStreamRequest(_message.Message):
     RESUME_DATA_FIELD_NUMBER: _builtins.int
     CONTEXT_FIELD_NUMBER: _builtins.int
     REQUEST_CONTEXT_FIELD_NUMBER: _builtins.int
+    OUTPUT_OPTIONS_FIELD_NUMBER: _builtins.int
+    PER_STEP_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
+    per_step: _builtins.bool
+    """See TimeTravelRequest.per_step."""
     @_builtins.property
     def step(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -653,6 +735,10 @@ class TimeTravelStreamRequest(_message.Message):
     def context(self) -> _containers.MessageMap[_builtins.str, _run_pb2.StepResult]: ...
     @_builtins.property
     def request_context(self) -> _struct_pb2.Struct: ...
+    @_builtins.property
+    def output_options(self) -> _run_pb2.OutputOptions:
+        """include_state is remembered by the run (see OutputOptions)."""
+
     def __init__(
         self,
         *,
@@ -663,10 +749,12 @@ class TimeTravelStreamRequest(_message.Message):
         resume_data: _struct_pb2.Value | None = ...,
         context: _abc.Mapping[_builtins.str, _run_pb2.StepResult] | None = ...,
         request_context: _struct_pb2.Struct | None = ...,
+        output_options: _run_pb2.OutputOptions | None = ...,
+        per_step: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["initial_state", b"initial_state", "input_data", b"input_data", "request_context", b"request_context", "resume_data", b"resume_data"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["initial_state", b"initial_state", "input_data", b"input_data", "output_options", b"output_options", "request_context", b"request_context", "resume_data", b"resume_data"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "initial_state", b"initial_state", "input_data", b"input_data", "request_context", b"request_context", "resume_data", b"resume_data", "run_id", b"run_id", "step", b"step"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "initial_state", b"initial_state", "input_data", b"input_data", "output_options", b"output_options", "per_step", b"per_step", "request_context", b"request_context", "resume_data", b"resume_data", "run_id", b"run_id", "step", b"step"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -182,7 +182,7 @@ class WorkflowServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def TimeTravel(self, request, context):
-        """Re-executes a run from a given step.
+        """Re-executes a settled run from a given step (this is also how a PAUSED run continues).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -53,7 +53,7 @@ class WorkflowServiceStub:
     Restart: _grpc.UnaryUnaryMultiCallable[_workflow_service_pb2.RestartRequest, _workflow_service_pb2.RestartResponse]
     """Re-drives an active run that no live replica holds."""
     TimeTravel: _grpc.UnaryUnaryMultiCallable[_workflow_service_pb2.TimeTravelRequest, _workflow_service_pb2.TimeTravelResponse]
-    """Re-executes a run from a given step."""
+    """Re-executes a settled run from a given step (this is also how a PAUSED run continues)."""
     TimeTravelStream: _grpc.UnaryStreamMultiCallable[_workflow_service_pb2.TimeTravelStreamRequest, _workflow_service_pb2.TimeTravelStreamResponse]
     """Like TimeTravel, streaming the re-execution's events."""
     GetExecutionResult: _grpc.UnaryUnaryMultiCallable[_workflow_service_pb2.GetExecutionResultRequest, _workflow_service_pb2.GetExecutionResultResponse]
@@ -94,7 +94,7 @@ class WorkflowServiceAsyncStub(WorkflowServiceStub):
     Restart: _aio.UnaryUnaryMultiCallable[_workflow_service_pb2.RestartRequest, _workflow_service_pb2.RestartResponse]  # type: ignore[assignment]
     """Re-drives an active run that no live replica holds."""
     TimeTravel: _aio.UnaryUnaryMultiCallable[_workflow_service_pb2.TimeTravelRequest, _workflow_service_pb2.TimeTravelResponse]  # type: ignore[assignment]
-    """Re-executes a run from a given step."""
+    """Re-executes a settled run from a given step (this is also how a PAUSED run continues)."""
     TimeTravelStream: _aio.UnaryStreamMultiCallable[_workflow_service_pb2.TimeTravelStreamRequest, _workflow_service_pb2.TimeTravelStreamResponse]  # type: ignore[assignment]
     """Like TimeTravel, streaming the re-execution's events."""
     GetExecutionResult: _aio.UnaryUnaryMultiCallable[_workflow_service_pb2.GetExecutionResultRequest, _workflow_service_pb2.GetExecutionResultResponse]  # type: ignore[assignment]
@@ -186,7 +186,7 @@ class WorkflowServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _workflow_service_pb2.TimeTravelRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_workflow_service_pb2.TimeTravelResponse, _abc.Awaitable[_workflow_service_pb2.TimeTravelResponse]]:
-        """Re-executes a run from a given step."""
+        """Re-executes a settled run from a given step (this is also how a PAUSED run continues)."""
 
     @_abc_1.abstractmethod
     def TimeTravelStream(

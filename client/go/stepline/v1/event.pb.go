@@ -97,6 +97,7 @@ type RunEvent struct {
 	//	*RunEvent_StepWaiting
 	//	*RunEvent_WorkflowCanceled
 	//	*RunEvent_WorkflowFinish
+	//	*RunEvent_WorkflowPaused
 	Payload       isRunEvent_Payload `protobuf_oneof:"payload"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -241,6 +242,15 @@ func (x *RunEvent) GetWorkflowFinish() *WorkflowFinishEvent {
 	return nil
 }
 
+func (x *RunEvent) GetWorkflowPaused() *WorkflowPausedEvent {
+	if x != nil {
+		if x, ok := x.Payload.(*RunEvent_WorkflowPaused); ok {
+			return x.WorkflowPaused
+		}
+	}
+	return nil
+}
+
 type isRunEvent_Payload interface {
 	isRunEvent_Payload()
 }
@@ -281,6 +291,10 @@ type RunEvent_WorkflowFinish struct {
 	WorkflowFinish *WorkflowFinishEvent `protobuf:"bytes,18,opt,name=workflow_finish,json=workflowFinish,proto3,oneof"`
 }
 
+type RunEvent_WorkflowPaused struct {
+	WorkflowPaused *WorkflowPausedEvent `protobuf:"bytes,19,opt,name=workflow_paused,json=workflowPaused,proto3,oneof"`
+}
+
 func (*RunEvent_WorkflowStart) isRunEvent_Payload() {}
 
 func (*RunEvent_StepStart) isRunEvent_Payload() {}
@@ -298,6 +312,8 @@ func (*RunEvent_StepWaiting) isRunEvent_Payload() {}
 func (*RunEvent_WorkflowCanceled) isRunEvent_Payload() {}
 
 func (*RunEvent_WorkflowFinish) isRunEvent_Payload() {}
+
+func (*RunEvent_WorkflowPaused) isRunEvent_Payload() {}
 
 // Execution of the run started (or continued after resume, restart or time travel).
 type WorkflowStartEvent struct {
@@ -852,20 +868,61 @@ func (*WorkflowCanceledEvent) Descriptor() ([]byte, []int) {
 	return file_stepline_v1_event_proto_rawDescGZIP(), []int{8}
 }
 
+// A per_step pass ran its one top-level step and the run is PAUSED; a WorkflowFinishEvent
+// (status PAUSED) follows.
+type WorkflowPausedEvent struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WorkflowPausedEvent) Reset() {
+	*x = WorkflowPausedEvent{}
+	mi := &file_stepline_v1_event_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkflowPausedEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkflowPausedEvent) ProtoMessage() {}
+
+func (x *WorkflowPausedEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_stepline_v1_event_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkflowPausedEvent.ProtoReflect.Descriptor instead.
+func (*WorkflowPausedEvent) Descriptor() ([]byte, []int) {
+	return file_stepline_v1_event_proto_rawDescGZIP(), []int{9}
+}
+
 // The run settled: the last event of an execution pass.
 type WorkflowFinishEvent struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Status        RunStatus              `protobuf:"varint,1,opt,name=status,proto3,enum=stepline.v1.RunStatus" json:"status,omitempty"`
-	Result        *structpb.Value        `protobuf:"bytes,2,opt,name=result,proto3" json:"result,omitempty"`
-	Error         *RunError              `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
-	Suspended     []*SuspendedStep       `protobuf:"bytes,4,rep,name=suspended,proto3" json:"suspended,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Status    RunStatus              `protobuf:"varint,1,opt,name=status,proto3,enum=stepline.v1.RunStatus" json:"status,omitempty"`
+	Result    *structpb.Value        `protobuf:"bytes,2,opt,name=result,proto3" json:"result,omitempty"`
+	Error     *RunError              `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	Suspended []*SuspendedStep       `protobuf:"bytes,4,rep,name=suspended,proto3" json:"suspended,omitempty"`
+	// The run's state when it settled; set when the run remembers include_state (see
+	// OutputOptions).
+	State         *structpb.Struct `protobuf:"bytes,5,opt,name=state,proto3" json:"state,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *WorkflowFinishEvent) Reset() {
 	*x = WorkflowFinishEvent{}
-	mi := &file_stepline_v1_event_proto_msgTypes[9]
+	mi := &file_stepline_v1_event_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -877,7 +934,7 @@ func (x *WorkflowFinishEvent) String() string {
 func (*WorkflowFinishEvent) ProtoMessage() {}
 
 func (x *WorkflowFinishEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_stepline_v1_event_proto_msgTypes[9]
+	mi := &file_stepline_v1_event_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -890,7 +947,7 @@ func (x *WorkflowFinishEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkflowFinishEvent.ProtoReflect.Descriptor instead.
 func (*WorkflowFinishEvent) Descriptor() ([]byte, []int) {
-	return file_stepline_v1_event_proto_rawDescGZIP(), []int{9}
+	return file_stepline_v1_event_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *WorkflowFinishEvent) GetStatus() RunStatus {
@@ -921,11 +978,18 @@ func (x *WorkflowFinishEvent) GetSuspended() []*SuspendedStep {
 	return nil
 }
 
+func (x *WorkflowFinishEvent) GetState() *structpb.Struct {
+	if x != nil {
+		return x.State
+	}
+	return nil
+}
+
 var File_stepline_v1_event_proto protoreflect.FileDescriptor
 
 const file_stepline_v1_event_proto_rawDesc = "" +
 	"\n" +
-	"\x17stepline/v1/event.proto\x12\vstepline.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15stepline/v1/run.proto\"\x81\x06\n" +
+	"\x17stepline/v1/event.proto\x12\vstepline.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15stepline/v1/run.proto\"\xce\x06\n" +
 	"\bRunEvent\x12\x15\n" +
 	"\x06run_id\x18\x01 \x01(\tR\x05runId\x12\x1a\n" +
 	"\bsequence\x18\x02 \x01(\x03R\bsequence\x128\n" +
@@ -942,7 +1006,8 @@ const file_stepline_v1_event_proto_rawDesc = "" +
 	"\x0estep_suspended\x18\x0f \x01(\v2\x1f.stepline.v1.StepSuspendedEventH\x00R\rstepSuspended\x12B\n" +
 	"\fstep_waiting\x18\x10 \x01(\v2\x1d.stepline.v1.StepWaitingEventH\x00R\vstepWaiting\x12Q\n" +
 	"\x11workflow_canceled\x18\x11 \x01(\v2\".stepline.v1.WorkflowCanceledEventH\x00R\x10workflowCanceled\x12K\n" +
-	"\x0fworkflow_finish\x18\x12 \x01(\v2 .stepline.v1.WorkflowFinishEventH\x00R\x0eworkflowFinishB\t\n" +
+	"\x0fworkflow_finish\x18\x12 \x01(\v2 .stepline.v1.WorkflowFinishEventH\x00R\x0eworkflowFinish\x12K\n" +
+	"\x0fworkflow_paused\x18\x13 \x01(\v2 .stepline.v1.WorkflowPausedEventH\x00R\x0eworkflowPausedB\t\n" +
 	"\apayload\"g\n" +
 	"\x12WorkflowStartEvent\x12\x1f\n" +
 	"\vworkflow_id\x18\x01 \x01(\tR\n" +
@@ -988,12 +1053,14 @@ const file_stepline_v1_event_proto_rawDesc = "" +
 	"\n" +
 	"started_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x123\n" +
 	"\awake_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x06wakeAt\"\x17\n" +
-	"\x15WorkflowCanceledEvent\"\xdc\x01\n" +
+	"\x15WorkflowCanceledEvent\"\x15\n" +
+	"\x13WorkflowPausedEvent\"\x8b\x02\n" +
 	"\x13WorkflowFinishEvent\x12.\n" +
 	"\x06status\x18\x01 \x01(\x0e2\x16.stepline.v1.RunStatusR\x06status\x12.\n" +
 	"\x06result\x18\x02 \x01(\v2\x16.google.protobuf.ValueR\x06result\x12+\n" +
 	"\x05error\x18\x03 \x01(\v2\x15.stepline.v1.RunErrorR\x05error\x128\n" +
-	"\tsuspended\x18\x04 \x03(\v2\x1a.stepline.v1.SuspendedStepR\tsuspended*\x94\x01\n" +
+	"\tsuspended\x18\x04 \x03(\v2\x1a.stepline.v1.SuspendedStepR\tsuspended\x12-\n" +
+	"\x05state\x18\x05 \x01(\v2\x17.google.protobuf.StructR\x05state*\x94\x01\n" +
 	"\vStartReason\x12\x1c\n" +
 	"\x18START_REASON_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12START_REASON_START\x10\x01\x12\x17\n" +
@@ -1014,7 +1081,7 @@ func file_stepline_v1_event_proto_rawDescGZIP() []byte {
 }
 
 var file_stepline_v1_event_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_stepline_v1_event_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_stepline_v1_event_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_stepline_v1_event_proto_goTypes = []any{
 	(StartReason)(0),              // 0: stepline.v1.StartReason
 	(*RunEvent)(nil),              // 1: stepline.v1.RunEvent
@@ -1026,17 +1093,18 @@ var file_stepline_v1_event_proto_goTypes = []any{
 	(*StepSuspendedEvent)(nil),    // 7: stepline.v1.StepSuspendedEvent
 	(*StepWaitingEvent)(nil),      // 8: stepline.v1.StepWaitingEvent
 	(*WorkflowCanceledEvent)(nil), // 9: stepline.v1.WorkflowCanceledEvent
-	(*WorkflowFinishEvent)(nil),   // 10: stepline.v1.WorkflowFinishEvent
-	(*timestamppb.Timestamp)(nil), // 11: google.protobuf.Timestamp
-	(*structpb.Value)(nil),        // 12: google.protobuf.Value
-	(*structpb.Struct)(nil),       // 13: google.protobuf.Struct
-	(StepStatus)(0),               // 14: stepline.v1.StepStatus
-	(*RunError)(nil),              // 15: stepline.v1.RunError
-	(RunStatus)(0),                // 16: stepline.v1.RunStatus
-	(*SuspendedStep)(nil),         // 17: stepline.v1.SuspendedStep
+	(*WorkflowPausedEvent)(nil),   // 10: stepline.v1.WorkflowPausedEvent
+	(*WorkflowFinishEvent)(nil),   // 11: stepline.v1.WorkflowFinishEvent
+	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
+	(*structpb.Value)(nil),        // 13: google.protobuf.Value
+	(*structpb.Struct)(nil),       // 14: google.protobuf.Struct
+	(StepStatus)(0),               // 15: stepline.v1.StepStatus
+	(*RunError)(nil),              // 16: stepline.v1.RunError
+	(RunStatus)(0),                // 17: stepline.v1.RunStatus
+	(*SuspendedStep)(nil),         // 18: stepline.v1.SuspendedStep
 }
 var file_stepline_v1_event_proto_depIdxs = []int32{
-	11, // 0: stepline.v1.RunEvent.timestamp:type_name -> google.protobuf.Timestamp
+	12, // 0: stepline.v1.RunEvent.timestamp:type_name -> google.protobuf.Timestamp
 	2,  // 1: stepline.v1.RunEvent.workflow_start:type_name -> stepline.v1.WorkflowStartEvent
 	3,  // 2: stepline.v1.RunEvent.step_start:type_name -> stepline.v1.StepStartEvent
 	4,  // 3: stepline.v1.RunEvent.step_output:type_name -> stepline.v1.StepOutputEvent
@@ -1045,36 +1113,38 @@ var file_stepline_v1_event_proto_depIdxs = []int32{
 	7,  // 6: stepline.v1.RunEvent.step_suspended:type_name -> stepline.v1.StepSuspendedEvent
 	8,  // 7: stepline.v1.RunEvent.step_waiting:type_name -> stepline.v1.StepWaitingEvent
 	9,  // 8: stepline.v1.RunEvent.workflow_canceled:type_name -> stepline.v1.WorkflowCanceledEvent
-	10, // 9: stepline.v1.RunEvent.workflow_finish:type_name -> stepline.v1.WorkflowFinishEvent
-	0,  // 10: stepline.v1.WorkflowStartEvent.reason:type_name -> stepline.v1.StartReason
-	12, // 11: stepline.v1.StepStartEvent.payload:type_name -> google.protobuf.Value
-	11, // 12: stepline.v1.StepStartEvent.started_at:type_name -> google.protobuf.Timestamp
-	12, // 13: stepline.v1.StepStartEvent.resume_payload:type_name -> google.protobuf.Value
-	13, // 14: stepline.v1.StepStartEvent.metadata:type_name -> google.protobuf.Struct
-	12, // 15: stepline.v1.StepOutputEvent.output:type_name -> google.protobuf.Value
-	14, // 16: stepline.v1.StepProgressEvent.iteration_status:type_name -> stepline.v1.StepStatus
-	12, // 17: stepline.v1.StepProgressEvent.iteration_output:type_name -> google.protobuf.Value
-	14, // 18: stepline.v1.StepResultEvent.status:type_name -> stepline.v1.StepStatus
-	12, // 19: stepline.v1.StepResultEvent.payload:type_name -> google.protobuf.Value
-	12, // 20: stepline.v1.StepResultEvent.output:type_name -> google.protobuf.Value
-	15, // 21: stepline.v1.StepResultEvent.error:type_name -> stepline.v1.RunError
-	11, // 22: stepline.v1.StepResultEvent.started_at:type_name -> google.protobuf.Timestamp
-	11, // 23: stepline.v1.StepResultEvent.ended_at:type_name -> google.protobuf.Timestamp
-	12, // 24: stepline.v1.StepSuspendedEvent.payload:type_name -> google.protobuf.Value
-	12, // 25: stepline.v1.StepSuspendedEvent.suspend_payload:type_name -> google.protobuf.Value
-	11, // 26: stepline.v1.StepSuspendedEvent.suspended_at:type_name -> google.protobuf.Timestamp
-	12, // 27: stepline.v1.StepWaitingEvent.payload:type_name -> google.protobuf.Value
-	11, // 28: stepline.v1.StepWaitingEvent.started_at:type_name -> google.protobuf.Timestamp
-	11, // 29: stepline.v1.StepWaitingEvent.wake_at:type_name -> google.protobuf.Timestamp
-	16, // 30: stepline.v1.WorkflowFinishEvent.status:type_name -> stepline.v1.RunStatus
-	12, // 31: stepline.v1.WorkflowFinishEvent.result:type_name -> google.protobuf.Value
-	15, // 32: stepline.v1.WorkflowFinishEvent.error:type_name -> stepline.v1.RunError
-	17, // 33: stepline.v1.WorkflowFinishEvent.suspended:type_name -> stepline.v1.SuspendedStep
-	34, // [34:34] is the sub-list for method output_type
-	34, // [34:34] is the sub-list for method input_type
-	34, // [34:34] is the sub-list for extension type_name
-	34, // [34:34] is the sub-list for extension extendee
-	0,  // [0:34] is the sub-list for field type_name
+	11, // 9: stepline.v1.RunEvent.workflow_finish:type_name -> stepline.v1.WorkflowFinishEvent
+	10, // 10: stepline.v1.RunEvent.workflow_paused:type_name -> stepline.v1.WorkflowPausedEvent
+	0,  // 11: stepline.v1.WorkflowStartEvent.reason:type_name -> stepline.v1.StartReason
+	13, // 12: stepline.v1.StepStartEvent.payload:type_name -> google.protobuf.Value
+	12, // 13: stepline.v1.StepStartEvent.started_at:type_name -> google.protobuf.Timestamp
+	13, // 14: stepline.v1.StepStartEvent.resume_payload:type_name -> google.protobuf.Value
+	14, // 15: stepline.v1.StepStartEvent.metadata:type_name -> google.protobuf.Struct
+	13, // 16: stepline.v1.StepOutputEvent.output:type_name -> google.protobuf.Value
+	15, // 17: stepline.v1.StepProgressEvent.iteration_status:type_name -> stepline.v1.StepStatus
+	13, // 18: stepline.v1.StepProgressEvent.iteration_output:type_name -> google.protobuf.Value
+	15, // 19: stepline.v1.StepResultEvent.status:type_name -> stepline.v1.StepStatus
+	13, // 20: stepline.v1.StepResultEvent.payload:type_name -> google.protobuf.Value
+	13, // 21: stepline.v1.StepResultEvent.output:type_name -> google.protobuf.Value
+	16, // 22: stepline.v1.StepResultEvent.error:type_name -> stepline.v1.RunError
+	12, // 23: stepline.v1.StepResultEvent.started_at:type_name -> google.protobuf.Timestamp
+	12, // 24: stepline.v1.StepResultEvent.ended_at:type_name -> google.protobuf.Timestamp
+	13, // 25: stepline.v1.StepSuspendedEvent.payload:type_name -> google.protobuf.Value
+	13, // 26: stepline.v1.StepSuspendedEvent.suspend_payload:type_name -> google.protobuf.Value
+	12, // 27: stepline.v1.StepSuspendedEvent.suspended_at:type_name -> google.protobuf.Timestamp
+	13, // 28: stepline.v1.StepWaitingEvent.payload:type_name -> google.protobuf.Value
+	12, // 29: stepline.v1.StepWaitingEvent.started_at:type_name -> google.protobuf.Timestamp
+	12, // 30: stepline.v1.StepWaitingEvent.wake_at:type_name -> google.protobuf.Timestamp
+	17, // 31: stepline.v1.WorkflowFinishEvent.status:type_name -> stepline.v1.RunStatus
+	13, // 32: stepline.v1.WorkflowFinishEvent.result:type_name -> google.protobuf.Value
+	16, // 33: stepline.v1.WorkflowFinishEvent.error:type_name -> stepline.v1.RunError
+	18, // 34: stepline.v1.WorkflowFinishEvent.suspended:type_name -> stepline.v1.SuspendedStep
+	14, // 35: stepline.v1.WorkflowFinishEvent.state:type_name -> google.protobuf.Struct
+	36, // [36:36] is the sub-list for method output_type
+	36, // [36:36] is the sub-list for method input_type
+	36, // [36:36] is the sub-list for extension type_name
+	36, // [36:36] is the sub-list for extension extendee
+	0,  // [0:36] is the sub-list for field type_name
 }
 
 func init() { file_stepline_v1_event_proto_init() }
@@ -1093,6 +1163,7 @@ func file_stepline_v1_event_proto_init() {
 		(*RunEvent_StepWaiting)(nil),
 		(*RunEvent_WorkflowCanceled)(nil),
 		(*RunEvent_WorkflowFinish)(nil),
+		(*RunEvent_WorkflowPaused)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1100,7 +1171,7 @@ func file_stepline_v1_event_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_stepline_v1_event_proto_rawDesc), len(file_stepline_v1_event_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   10,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -39,6 +39,9 @@ const (
 	RunStatus_RUN_STATUS_SUCCESS   RunStatus = 5
 	RunStatus_RUN_STATUS_FAILED    RunStatus = 6
 	RunStatus_RUN_STATUS_CANCELED  RunStatus = 7
+	// Stopped after one top-level step because the request asked for per_step; nothing runs
+	// until a TimeTravel continues it (Resume refuses it: it is not suspended).
+	RunStatus_RUN_STATUS_PAUSED RunStatus = 8
 )
 
 // Enum value maps for RunStatus.
@@ -52,6 +55,7 @@ var (
 		5: "RUN_STATUS_SUCCESS",
 		6: "RUN_STATUS_FAILED",
 		7: "RUN_STATUS_CANCELED",
+		8: "RUN_STATUS_PAUSED",
 	}
 	RunStatus_value = map[string]int32{
 		"RUN_STATUS_UNSPECIFIED": 0,
@@ -62,6 +66,7 @@ var (
 		"RUN_STATUS_SUCCESS":     5,
 		"RUN_STATUS_FAILED":      6,
 		"RUN_STATUS_CANCELED":    7,
+		"RUN_STATUS_PAUSED":      8,
 	}
 )
 
@@ -274,7 +279,10 @@ func (x *TracingOptions) GetMetadata() *structpb.Struct {
 	return nil
 }
 
-// What a returned RunResult contains beyond the defaults.
+// What a returned RunResult contains beyond the defaults. A request that sets
+// include_state makes the run remember it: every later result of the run (Start, Resume,
+// TimeTravel, Restart, GetExecutionResult) and every later finish event carries the state,
+// whatever those requests say. false leaves what the run remembers unchanged.
 type OutputOptions struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	IncludeState  bool                   `protobuf:"varint,1,opt,name=include_state,json=includeState,proto3" json:"include_state,omitempty"`
@@ -541,7 +549,8 @@ type RunResult struct {
 	Steps map[string]*StepResult `protobuf:"bytes,8,rep,name=steps,proto3" json:"steps,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Set when status is SUSPENDED.
 	Suspended []*SuspendedStep `protobuf:"bytes,9,rep,name=suspended,proto3" json:"suspended,omitempty"`
-	// Set when the request asked for it (output_options.include_state).
+	// Set when the request asked for it (include_state), or an earlier request of the run
+	// did (output_options.include_state).
 	State             *structpb.Struct       `protobuf:"bytes,10,opt,name=state,proto3" json:"state,omitempty"`
 	StepExecutionPath []string               `protobuf:"bytes,11,rep,name=step_execution_path,json=stepExecutionPath,proto3" json:"step_execution_path,omitempty"`
 	TraceId           string                 `protobuf:"bytes,12,opt,name=trace_id,json=traceId,proto3" json:"trace_id,omitempty"`
@@ -845,7 +854,7 @@ const file_stepline_v1_run_proto_rawDesc = "" +
 	"\n" +
 	"created_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
 	"\n" +
-	"updated_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt*\xd1\x01\n" +
+	"updated_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt*\xe8\x01\n" +
 	"\tRunStatus\x12\x1a\n" +
 	"\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12RUN_STATUS_PENDING\x10\x01\x12\x16\n" +
@@ -854,7 +863,8 @@ const file_stepline_v1_run_proto_rawDesc = "" +
 	"\x14RUN_STATUS_SUSPENDED\x10\x04\x12\x16\n" +
 	"\x12RUN_STATUS_SUCCESS\x10\x05\x12\x15\n" +
 	"\x11RUN_STATUS_FAILED\x10\x06\x12\x17\n" +
-	"\x13RUN_STATUS_CANCELED\x10\a*\xda\x01\n" +
+	"\x13RUN_STATUS_CANCELED\x10\a\x12\x15\n" +
+	"\x11RUN_STATUS_PAUSED\x10\b*\xda\x01\n" +
 	"\n" +
 	"StepStatus\x12\x1b\n" +
 	"\x17STEP_STATUS_UNSPECIFIED\x10\x00\x12\x17\n" +

@@ -35,7 +35,14 @@ type StartAsyncRequest struct {
 	RequestContext *structpb.Struct `protobuf:"bytes,6,opt,name=request_context,json=requestContext,proto3" json:"request_context,omitempty"`
 	TracingOptions *TracingOptions  `protobuf:"bytes,7,opt,name=tracing_options,json=tracingOptions,proto3" json:"tracing_options,omitempty"`
 	// Idempotency key: a retried start with the same run_id and request_id starts nothing new.
-	RequestId     string `protobuf:"bytes,8,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	RequestId string `protobuf:"bytes,8,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// include_state is remembered by the run: later results and finish events carry the state.
+	OutputOptions *OutputOptions `protobuf:"bytes,9,opt,name=output_options,json=outputOptions,proto3" json:"output_options,omitempty"`
+	// Run one top-level step (a step, a nested workflow, a map, a sleep, or a whole parallel,
+	// branch, loop or foreach entry), then stop with status PAUSED and a workflow-paused event.
+	// Continue with TimeTravel{step: the next step, per_step}. A step that suspends or fails
+	// settles the run as usual; the workflow's last step finishes it as usual.
+	PerStep       bool `protobuf:"varint,10,opt,name=per_step,json=perStep,proto3" json:"per_step,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -126,6 +133,20 @@ func (x *StartAsyncRequest) GetRequestId() string {
 	return ""
 }
 
+func (x *StartAsyncRequest) GetOutputOptions() *OutputOptions {
+	if x != nil {
+		return x.OutputOptions
+	}
+	return nil
+}
+
+func (x *StartAsyncRequest) GetPerStep() bool {
+	if x != nil {
+		return x.PerStep
+	}
+	return false
+}
+
 type StartAsyncResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	RunId string                 `protobuf:"bytes,1,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
@@ -198,8 +219,10 @@ type StartRequest struct {
 	TracingOptions *TracingOptions        `protobuf:"bytes,7,opt,name=tracing_options,json=tracingOptions,proto3" json:"tracing_options,omitempty"`
 	RequestId      string                 `protobuf:"bytes,8,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	OutputOptions  *OutputOptions         `protobuf:"bytes,9,opt,name=output_options,json=outputOptions,proto3" json:"output_options,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// See StartAsyncRequest.per_step.
+	PerStep       bool `protobuf:"varint,10,opt,name=per_step,json=perStep,proto3" json:"per_step,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StartRequest) Reset() {
@@ -295,6 +318,13 @@ func (x *StartRequest) GetOutputOptions() *OutputOptions {
 	return nil
 }
 
+func (x *StartRequest) GetPerStep() bool {
+	if x != nil {
+		return x.PerStep
+	}
+	return false
+}
+
 type StartResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Result        *RunResult             `protobuf:"bytes,1,opt,name=result,proto3" json:"result,omitempty"`
@@ -351,8 +381,12 @@ type StreamRequest struct {
 	RequestId      string                 `protobuf:"bytes,8,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	// By default the stream ends when the run suspends; true keeps it open across resumes.
 	KeepOpenOnSuspend bool `protobuf:"varint,9,opt,name=keep_open_on_suspend,json=keepOpenOnSuspend,proto3" json:"keep_open_on_suspend,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// include_state is remembered by the run: the finish event carries the state.
+	OutputOptions *OutputOptions `protobuf:"bytes,10,opt,name=output_options,json=outputOptions,proto3" json:"output_options,omitempty"`
+	// See StartAsyncRequest.per_step. The stream ends with the finish event (status PAUSED).
+	PerStep       bool `protobuf:"varint,11,opt,name=per_step,json=perStep,proto3" json:"per_step,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StreamRequest) Reset() {
@@ -448,6 +482,20 @@ func (x *StreamRequest) GetKeepOpenOnSuspend() bool {
 	return false
 }
 
+func (x *StreamRequest) GetOutputOptions() *OutputOptions {
+	if x != nil {
+		return x.OutputOptions
+	}
+	return nil
+}
+
+func (x *StreamRequest) GetPerStep() bool {
+	if x != nil {
+		return x.PerStep
+	}
+	return false
+}
+
 type StreamResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Event         *RunEvent              `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
@@ -504,7 +552,10 @@ type ResumeRequest struct {
 	RequestContext *structpb.Struct `protobuf:"bytes,5,opt,name=request_context,json=requestContext,proto3" json:"request_context,omitempty"`
 	OutputOptions  *OutputOptions   `protobuf:"bytes,6,opt,name=output_options,json=outputOptions,proto3" json:"output_options,omitempty"`
 	// Resume only this iteration of a suspended foreach.
-	ForEachIndex  *int32 `protobuf:"varint,7,opt,name=for_each_index,json=forEachIndex,proto3,oneof" json:"for_each_index,omitempty"`
+	ForEachIndex *int32 `protobuf:"varint,7,opt,name=for_each_index,json=forEachIndex,proto3,oneof" json:"for_each_index,omitempty"`
+	// Stop after the top-level step that holds the resumed step (status PAUSED); see
+	// StartAsyncRequest.per_step.
+	PerStep       bool `protobuf:"varint,8,opt,name=per_step,json=perStep,proto3" json:"per_step,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -588,6 +639,13 @@ func (x *ResumeRequest) GetForEachIndex() int32 {
 	return 0
 }
 
+func (x *ResumeRequest) GetPerStep() bool {
+	if x != nil {
+		return x.PerStep
+	}
+	return false
+}
+
 type ResumeResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Result        *RunResult             `protobuf:"bytes,1,opt,name=result,proto3" json:"result,omitempty"`
@@ -640,8 +698,12 @@ type ResumeAsyncRequest struct {
 	ResumeData     *structpb.Value        `protobuf:"bytes,4,opt,name=resume_data,json=resumeData,proto3" json:"resume_data,omitempty"`
 	RequestContext *structpb.Struct       `protobuf:"bytes,5,opt,name=request_context,json=requestContext,proto3" json:"request_context,omitempty"`
 	ForEachIndex   *int32                 `protobuf:"varint,6,opt,name=for_each_index,json=forEachIndex,proto3,oneof" json:"for_each_index,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// include_state is remembered by the run (see OutputOptions).
+	OutputOptions *OutputOptions `protobuf:"bytes,7,opt,name=output_options,json=outputOptions,proto3" json:"output_options,omitempty"`
+	// See ResumeRequest.per_step.
+	PerStep       bool `protobuf:"varint,8,opt,name=per_step,json=perStep,proto3" json:"per_step,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ResumeAsyncRequest) Reset() {
@@ -716,6 +778,20 @@ func (x *ResumeAsyncRequest) GetForEachIndex() int32 {
 	return 0
 }
 
+func (x *ResumeAsyncRequest) GetOutputOptions() *OutputOptions {
+	if x != nil {
+		return x.OutputOptions
+	}
+	return nil
+}
+
+func (x *ResumeAsyncRequest) GetPerStep() bool {
+	if x != nil {
+		return x.PerStep
+	}
+	return false
+}
+
 type ResumeAsyncResponse struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	RunId  string                 `protobuf:"bytes,1,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
@@ -786,8 +862,12 @@ type ResumeStreamRequest struct {
 	RequestContext    *structpb.Struct       `protobuf:"bytes,5,opt,name=request_context,json=requestContext,proto3" json:"request_context,omitempty"`
 	ForEachIndex      *int32                 `protobuf:"varint,6,opt,name=for_each_index,json=forEachIndex,proto3,oneof" json:"for_each_index,omitempty"`
 	KeepOpenOnSuspend bool                   `protobuf:"varint,7,opt,name=keep_open_on_suspend,json=keepOpenOnSuspend,proto3" json:"keep_open_on_suspend,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// include_state is remembered by the run (see OutputOptions).
+	OutputOptions *OutputOptions `protobuf:"bytes,8,opt,name=output_options,json=outputOptions,proto3" json:"output_options,omitempty"`
+	// See ResumeRequest.per_step.
+	PerStep       bool `protobuf:"varint,9,opt,name=per_step,json=perStep,proto3" json:"per_step,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ResumeStreamRequest) Reset() {
@@ -865,6 +945,20 @@ func (x *ResumeStreamRequest) GetForEachIndex() int32 {
 func (x *ResumeStreamRequest) GetKeepOpenOnSuspend() bool {
 	if x != nil {
 		return x.KeepOpenOnSuspend
+	}
+	return false
+}
+
+func (x *ResumeStreamRequest) GetOutputOptions() *OutputOptions {
+	if x != nil {
+		return x.OutputOptions
+	}
+	return nil
+}
+
+func (x *ResumeStreamRequest) GetPerStep() bool {
+	if x != nil {
+		return x.PerStep
 	}
 	return false
 }
@@ -1013,11 +1107,17 @@ func (x *CancelResponse) GetCancelRequested() bool {
 }
 
 type RestartRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	RunId         string                 `protobuf:"bytes,1,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
-	OutputOptions *OutputOptions         `protobuf:"bytes,2,opt,name=output_options,json=outputOptions,proto3" json:"output_options,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state protoimpl.MessageState `protogen:"open.v1"`
+	RunId string                 `protobuf:"bytes,1,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
+	// include_state is remembered by the run (see OutputOptions).
+	OutputOptions *OutputOptions `protobuf:"bytes,2,opt,name=output_options,json=outputOptions,proto3" json:"output_options,omitempty"`
+	// Merged over the stored request context before the run is re-driven; supplied keys win.
+	RequestContext *structpb.Struct `protobuf:"bytes,3,opt,name=request_context,json=requestContext,proto3" json:"request_context,omitempty"`
+	// A trace_id (1 to 32 hex characters) replaces the run's trace id, and metadata its trace
+	// metadata, for the re-drive and after; empty parts leave the stored ones.
+	TracingOptions *TracingOptions `protobuf:"bytes,4,opt,name=tracing_options,json=tracingOptions,proto3" json:"tracing_options,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *RestartRequest) Reset() {
@@ -1060,6 +1160,20 @@ func (x *RestartRequest) GetRunId() string {
 func (x *RestartRequest) GetOutputOptions() *OutputOptions {
 	if x != nil {
 		return x.OutputOptions
+	}
+	return nil
+}
+
+func (x *RestartRequest) GetRequestContext() *structpb.Struct {
+	if x != nil {
+		return x.RequestContext
+	}
+	return nil
+}
+
+func (x *RestartRequest) GetTracingOptions() *TracingOptions {
+	if x != nil {
+		return x.TracingOptions
 	}
 	return nil
 }
@@ -1119,9 +1233,13 @@ type TimeTravelRequest struct {
 	// Step results to use instead of the snapshot's, keyed by step id.
 	Context        map[string]*StepResult `protobuf:"bytes,6,rep,name=context,proto3" json:"context,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	RequestContext *structpb.Struct       `protobuf:"bytes,7,opt,name=request_context,json=requestContext,proto3" json:"request_context,omitempty"`
-	OutputOptions  *OutputOptions         `protobuf:"bytes,8,opt,name=output_options,json=outputOptions,proto3" json:"output_options,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// include_state is remembered by the run (see OutputOptions).
+	OutputOptions *OutputOptions `protobuf:"bytes,8,opt,name=output_options,json=outputOptions,proto3" json:"output_options,omitempty"`
+	// Stop after the target's top-level step (status PAUSED): with step = the next step,
+	// this continues a paused run one step at a time. See StartAsyncRequest.per_step.
+	PerStep       bool `protobuf:"varint,9,opt,name=per_step,json=perStep,proto3" json:"per_step,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *TimeTravelRequest) Reset() {
@@ -1210,6 +1328,13 @@ func (x *TimeTravelRequest) GetOutputOptions() *OutputOptions {
 	return nil
 }
 
+func (x *TimeTravelRequest) GetPerStep() bool {
+	if x != nil {
+		return x.PerStep
+	}
+	return false
+}
+
 type TimeTravelResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Result        *RunResult             `protobuf:"bytes,1,opt,name=result,proto3" json:"result,omitempty"`
@@ -1263,8 +1388,12 @@ type TimeTravelStreamRequest struct {
 	ResumeData     *structpb.Value        `protobuf:"bytes,5,opt,name=resume_data,json=resumeData,proto3" json:"resume_data,omitempty"`
 	Context        map[string]*StepResult `protobuf:"bytes,6,rep,name=context,proto3" json:"context,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	RequestContext *structpb.Struct       `protobuf:"bytes,7,opt,name=request_context,json=requestContext,proto3" json:"request_context,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// include_state is remembered by the run (see OutputOptions).
+	OutputOptions *OutputOptions `protobuf:"bytes,8,opt,name=output_options,json=outputOptions,proto3" json:"output_options,omitempty"`
+	// See TimeTravelRequest.per_step.
+	PerStep       bool `protobuf:"varint,9,opt,name=per_step,json=perStep,proto3" json:"per_step,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *TimeTravelStreamRequest) Reset() {
@@ -1344,6 +1473,20 @@ func (x *TimeTravelStreamRequest) GetRequestContext() *structpb.Struct {
 		return x.RequestContext
 	}
 	return nil
+}
+
+func (x *TimeTravelStreamRequest) GetOutputOptions() *OutputOptions {
+	if x != nil {
+		return x.OutputOptions
+	}
+	return nil
+}
+
+func (x *TimeTravelStreamRequest) GetPerStep() bool {
+	if x != nil {
+		return x.PerStep
+	}
+	return false
 }
 
 type TimeTravelStreamResponse struct {
@@ -2000,7 +2143,7 @@ var File_stepline_v1_workflow_service_proto protoreflect.FileDescriptor
 
 const file_stepline_v1_workflow_service_proto_rawDesc = "" +
 	"\n" +
-	"\"stepline/v1/workflow_service.proto\x12\vstepline.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17stepline/v1/event.proto\x1a\x15stepline/v1/run.proto\x1a\x1astepline/v1/workflow.proto\"\x88\x03\n" +
+	"\"stepline/v1/workflow_service.proto\x12\vstepline.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17stepline/v1/event.proto\x1a\x15stepline/v1/run.proto\x1a\x1astepline/v1/workflow.proto\"\xe6\x03\n" +
 	"\x11StartAsyncRequest\x12\x1f\n" +
 	"\vworkflow_id\x18\x01 \x01(\tR\n" +
 	"workflowId\x12\x15\n" +
@@ -2013,11 +2156,14 @@ const file_stepline_v1_workflow_service_proto_rawDesc = "" +
 	"\x0frequest_context\x18\x06 \x01(\v2\x17.google.protobuf.StructR\x0erequestContext\x12D\n" +
 	"\x0ftracing_options\x18\a \x01(\v2\x1b.stepline.v1.TracingOptionsR\x0etracingOptions\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\b \x01(\tR\trequestId\"u\n" +
+	"request_id\x18\b \x01(\tR\trequestId\x12A\n" +
+	"\x0eoutput_options\x18\t \x01(\v2\x1a.stepline.v1.OutputOptionsR\routputOptions\x12\x19\n" +
+	"\bper_step\x18\n" +
+	" \x01(\bR\aperStep\"u\n" +
 	"\x12StartAsyncResponse\x12\x15\n" +
 	"\x06run_id\x18\x01 \x01(\tR\x05runId\x12\x18\n" +
 	"\acreated\x18\x02 \x01(\bR\acreated\x12.\n" +
-	"\x06status\x18\x03 \x01(\x0e2\x16.stepline.v1.RunStatusR\x06status\"\xc6\x03\n" +
+	"\x06status\x18\x03 \x01(\x0e2\x16.stepline.v1.RunStatusR\x06status\"\xe1\x03\n" +
 	"\fStartRequest\x12\x1f\n" +
 	"\vworkflow_id\x18\x01 \x01(\tR\n" +
 	"workflowId\x12\x15\n" +
@@ -2031,9 +2177,11 @@ const file_stepline_v1_workflow_service_proto_rawDesc = "" +
 	"\x0ftracing_options\x18\a \x01(\v2\x1b.stepline.v1.TracingOptionsR\x0etracingOptions\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\b \x01(\tR\trequestId\x12A\n" +
-	"\x0eoutput_options\x18\t \x01(\v2\x1a.stepline.v1.OutputOptionsR\routputOptions\"?\n" +
+	"\x0eoutput_options\x18\t \x01(\v2\x1a.stepline.v1.OutputOptionsR\routputOptions\x12\x19\n" +
+	"\bper_step\x18\n" +
+	" \x01(\bR\aperStep\"?\n" +
 	"\rStartResponse\x12.\n" +
-	"\x06result\x18\x01 \x01(\v2\x16.stepline.v1.RunResultR\x06result\"\xb5\x03\n" +
+	"\x06result\x18\x01 \x01(\v2\x16.stepline.v1.RunResultR\x06result\"\x93\x04\n" +
 	"\rStreamRequest\x12\x1f\n" +
 	"\vworkflow_id\x18\x01 \x01(\tR\n" +
 	"workflowId\x12\x15\n" +
@@ -2047,9 +2195,12 @@ const file_stepline_v1_workflow_service_proto_rawDesc = "" +
 	"\x0ftracing_options\x18\a \x01(\v2\x1b.stepline.v1.TracingOptionsR\x0etracingOptions\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\b \x01(\tR\trequestId\x12/\n" +
-	"\x14keep_open_on_suspend\x18\t \x01(\bR\x11keepOpenOnSuspend\"=\n" +
+	"\x14keep_open_on_suspend\x18\t \x01(\bR\x11keepOpenOnSuspend\x12A\n" +
+	"\x0eoutput_options\x18\n" +
+	" \x01(\v2\x1a.stepline.v1.OutputOptionsR\routputOptions\x12\x19\n" +
+	"\bper_step\x18\v \x01(\bR\aperStep\"=\n" +
 	"\x0eStreamResponse\x12+\n" +
-	"\x05event\x18\x01 \x01(\v2\x15.stepline.v1.RunEventR\x05event\"\xcc\x02\n" +
+	"\x05event\x18\x01 \x01(\v2\x15.stepline.v1.RunEventR\x05event\"\xe7\x02\n" +
 	"\rResumeRequest\x12\x15\n" +
 	"\x06run_id\x18\x01 \x01(\tR\x05runId\x12\x12\n" +
 	"\x04step\x18\x02 \x03(\tR\x04step\x12\x14\n" +
@@ -2058,10 +2209,11 @@ const file_stepline_v1_workflow_service_proto_rawDesc = "" +
 	"resumeData\x12@\n" +
 	"\x0frequest_context\x18\x05 \x01(\v2\x17.google.protobuf.StructR\x0erequestContext\x12A\n" +
 	"\x0eoutput_options\x18\x06 \x01(\v2\x1a.stepline.v1.OutputOptionsR\routputOptions\x12)\n" +
-	"\x0efor_each_index\x18\a \x01(\x05H\x00R\fforEachIndex\x88\x01\x01B\x11\n" +
+	"\x0efor_each_index\x18\a \x01(\x05H\x00R\fforEachIndex\x88\x01\x01\x12\x19\n" +
+	"\bper_step\x18\b \x01(\bR\aperStepB\x11\n" +
 	"\x0f_for_each_index\"@\n" +
 	"\x0eResumeResponse\x12.\n" +
-	"\x06result\x18\x01 \x01(\v2\x16.stepline.v1.RunResultR\x06result\"\x8e\x02\n" +
+	"\x06result\x18\x01 \x01(\v2\x16.stepline.v1.RunResultR\x06result\"\xec\x02\n" +
 	"\x12ResumeAsyncRequest\x12\x15\n" +
 	"\x06run_id\x18\x01 \x01(\tR\x05runId\x12\x12\n" +
 	"\x04step\x18\x02 \x03(\tR\x04step\x12\x14\n" +
@@ -2069,12 +2221,14 @@ const file_stepline_v1_workflow_service_proto_rawDesc = "" +
 	"\vresume_data\x18\x04 \x01(\v2\x16.google.protobuf.ValueR\n" +
 	"resumeData\x12@\n" +
 	"\x0frequest_context\x18\x05 \x01(\v2\x17.google.protobuf.StructR\x0erequestContext\x12)\n" +
-	"\x0efor_each_index\x18\x06 \x01(\x05H\x00R\fforEachIndex\x88\x01\x01B\x11\n" +
+	"\x0efor_each_index\x18\x06 \x01(\x05H\x00R\fforEachIndex\x88\x01\x01\x12A\n" +
+	"\x0eoutput_options\x18\a \x01(\v2\x1a.stepline.v1.OutputOptionsR\routputOptions\x12\x19\n" +
+	"\bper_step\x18\b \x01(\bR\aperStepB\x11\n" +
 	"\x0f_for_each_index\"\x83\x01\n" +
 	"\x13ResumeAsyncResponse\x12\x15\n" +
 	"\x06run_id\x18\x01 \x01(\tR\x05runId\x12.\n" +
 	"\x06status\x18\x02 \x01(\x0e2\x16.stepline.v1.RunStatusR\x06status\x12%\n" +
-	"\x0eafter_sequence\x18\x03 \x01(\x03R\rafterSequence\"\xc0\x02\n" +
+	"\x0eafter_sequence\x18\x03 \x01(\x03R\rafterSequence\"\x9e\x03\n" +
 	"\x13ResumeStreamRequest\x12\x15\n" +
 	"\x06run_id\x18\x01 \x01(\tR\x05runId\x12\x12\n" +
 	"\x04step\x18\x02 \x03(\tR\x04step\x12\x14\n" +
@@ -2083,7 +2237,9 @@ const file_stepline_v1_workflow_service_proto_rawDesc = "" +
 	"resumeData\x12@\n" +
 	"\x0frequest_context\x18\x05 \x01(\v2\x17.google.protobuf.StructR\x0erequestContext\x12)\n" +
 	"\x0efor_each_index\x18\x06 \x01(\x05H\x00R\fforEachIndex\x88\x01\x01\x12/\n" +
-	"\x14keep_open_on_suspend\x18\a \x01(\bR\x11keepOpenOnSuspendB\x11\n" +
+	"\x14keep_open_on_suspend\x18\a \x01(\bR\x11keepOpenOnSuspend\x12A\n" +
+	"\x0eoutput_options\x18\b \x01(\v2\x1a.stepline.v1.OutputOptionsR\routputOptions\x12\x19\n" +
+	"\bper_step\x18\t \x01(\bR\aperStepB\x11\n" +
 	"\x0f_for_each_index\"C\n" +
 	"\x14ResumeStreamResponse\x12+\n" +
 	"\x05event\x18\x01 \x01(\v2\x15.stepline.v1.RunEventR\x05event\"&\n" +
@@ -2091,12 +2247,14 @@ const file_stepline_v1_workflow_service_proto_rawDesc = "" +
 	"\x06run_id\x18\x01 \x01(\tR\x05runId\"k\n" +
 	"\x0eCancelResponse\x12.\n" +
 	"\x06status\x18\x01 \x01(\x0e2\x16.stepline.v1.RunStatusR\x06status\x12)\n" +
-	"\x10cancel_requested\x18\x02 \x01(\bR\x0fcancelRequested\"j\n" +
+	"\x10cancel_requested\x18\x02 \x01(\bR\x0fcancelRequested\"\xf2\x01\n" +
 	"\x0eRestartRequest\x12\x15\n" +
 	"\x06run_id\x18\x01 \x01(\tR\x05runId\x12A\n" +
-	"\x0eoutput_options\x18\x02 \x01(\v2\x1a.stepline.v1.OutputOptionsR\routputOptions\"A\n" +
+	"\x0eoutput_options\x18\x02 \x01(\v2\x1a.stepline.v1.OutputOptionsR\routputOptions\x12@\n" +
+	"\x0frequest_context\x18\x03 \x01(\v2\x17.google.protobuf.StructR\x0erequestContext\x12D\n" +
+	"\x0ftracing_options\x18\x04 \x01(\v2\x1b.stepline.v1.TracingOptionsR\x0etracingOptions\"A\n" +
 	"\x0fRestartResponse\x12.\n" +
-	"\x06result\x18\x01 \x01(\v2\x16.stepline.v1.RunResultR\x06result\"\x8d\x04\n" +
+	"\x06result\x18\x01 \x01(\v2\x16.stepline.v1.RunResultR\x06result\"\xa8\x04\n" +
 	"\x11TimeTravelRequest\x12\x15\n" +
 	"\x06run_id\x18\x01 \x01(\tR\x05runId\x12\x12\n" +
 	"\x04step\x18\x02 \x03(\tR\x04step\x125\n" +
@@ -2107,12 +2265,13 @@ const file_stepline_v1_workflow_service_proto_rawDesc = "" +
 	"resumeData\x12E\n" +
 	"\acontext\x18\x06 \x03(\v2+.stepline.v1.TimeTravelRequest.ContextEntryR\acontext\x12@\n" +
 	"\x0frequest_context\x18\a \x01(\v2\x17.google.protobuf.StructR\x0erequestContext\x12A\n" +
-	"\x0eoutput_options\x18\b \x01(\v2\x1a.stepline.v1.OutputOptionsR\routputOptions\x1aS\n" +
+	"\x0eoutput_options\x18\b \x01(\v2\x1a.stepline.v1.OutputOptionsR\routputOptions\x12\x19\n" +
+	"\bper_step\x18\t \x01(\bR\aperStep\x1aS\n" +
 	"\fContextEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12-\n" +
 	"\x05value\x18\x02 \x01(\v2\x17.stepline.v1.StepResultR\x05value:\x028\x01\"D\n" +
 	"\x12TimeTravelResponse\x12.\n" +
-	"\x06result\x18\x01 \x01(\v2\x16.stepline.v1.RunResultR\x06result\"\xd6\x03\n" +
+	"\x06result\x18\x01 \x01(\v2\x16.stepline.v1.RunResultR\x06result\"\xb4\x04\n" +
 	"\x17TimeTravelStreamRequest\x12\x15\n" +
 	"\x06run_id\x18\x01 \x01(\tR\x05runId\x12\x12\n" +
 	"\x04step\x18\x02 \x03(\tR\x04step\x125\n" +
@@ -2122,7 +2281,9 @@ const file_stepline_v1_workflow_service_proto_rawDesc = "" +
 	"\vresume_data\x18\x05 \x01(\v2\x16.google.protobuf.ValueR\n" +
 	"resumeData\x12K\n" +
 	"\acontext\x18\x06 \x03(\v21.stepline.v1.TimeTravelStreamRequest.ContextEntryR\acontext\x12@\n" +
-	"\x0frequest_context\x18\a \x01(\v2\x17.google.protobuf.StructR\x0erequestContext\x1aS\n" +
+	"\x0frequest_context\x18\a \x01(\v2\x17.google.protobuf.StructR\x0erequestContext\x12A\n" +
+	"\x0eoutput_options\x18\b \x01(\v2\x1a.stepline.v1.OutputOptionsR\routputOptions\x12\x19\n" +
+	"\bper_step\x18\t \x01(\bR\aperStep\x1aS\n" +
 	"\fContextEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12-\n" +
 	"\x05value\x18\x02 \x01(\v2\x17.stepline.v1.StepResultR\x05value:\x028\x01\"G\n" +
@@ -2236,8 +2397,8 @@ var file_stepline_v1_workflow_service_proto_goTypes = []any{
 	(*structpb.Value)(nil),             // 34: google.protobuf.Value
 	(*structpb.Struct)(nil),            // 35: google.protobuf.Struct
 	(*TracingOptions)(nil),             // 36: stepline.v1.TracingOptions
-	(RunStatus)(0),                     // 37: stepline.v1.RunStatus
-	(*OutputOptions)(nil),              // 38: stepline.v1.OutputOptions
+	(*OutputOptions)(nil),              // 37: stepline.v1.OutputOptions
+	(RunStatus)(0),                     // 38: stepline.v1.RunStatus
 	(*RunResult)(nil),                  // 39: stepline.v1.RunResult
 	(*RunEvent)(nil),                   // 40: stepline.v1.RunEvent
 	(*durationpb.Duration)(nil),        // 41: google.protobuf.Duration
@@ -2251,92 +2412,99 @@ var file_stepline_v1_workflow_service_proto_depIdxs = []int32{
 	35, // 1: stepline.v1.StartAsyncRequest.initial_state:type_name -> google.protobuf.Struct
 	35, // 2: stepline.v1.StartAsyncRequest.request_context:type_name -> google.protobuf.Struct
 	36, // 3: stepline.v1.StartAsyncRequest.tracing_options:type_name -> stepline.v1.TracingOptions
-	37, // 4: stepline.v1.StartAsyncResponse.status:type_name -> stepline.v1.RunStatus
-	34, // 5: stepline.v1.StartRequest.input_data:type_name -> google.protobuf.Value
-	35, // 6: stepline.v1.StartRequest.initial_state:type_name -> google.protobuf.Struct
-	35, // 7: stepline.v1.StartRequest.request_context:type_name -> google.protobuf.Struct
-	36, // 8: stepline.v1.StartRequest.tracing_options:type_name -> stepline.v1.TracingOptions
-	38, // 9: stepline.v1.StartRequest.output_options:type_name -> stepline.v1.OutputOptions
-	39, // 10: stepline.v1.StartResponse.result:type_name -> stepline.v1.RunResult
-	34, // 11: stepline.v1.StreamRequest.input_data:type_name -> google.protobuf.Value
-	35, // 12: stepline.v1.StreamRequest.initial_state:type_name -> google.protobuf.Struct
-	35, // 13: stepline.v1.StreamRequest.request_context:type_name -> google.protobuf.Struct
-	36, // 14: stepline.v1.StreamRequest.tracing_options:type_name -> stepline.v1.TracingOptions
-	40, // 15: stepline.v1.StreamResponse.event:type_name -> stepline.v1.RunEvent
-	34, // 16: stepline.v1.ResumeRequest.resume_data:type_name -> google.protobuf.Value
-	35, // 17: stepline.v1.ResumeRequest.request_context:type_name -> google.protobuf.Struct
-	38, // 18: stepline.v1.ResumeRequest.output_options:type_name -> stepline.v1.OutputOptions
-	39, // 19: stepline.v1.ResumeResponse.result:type_name -> stepline.v1.RunResult
-	34, // 20: stepline.v1.ResumeAsyncRequest.resume_data:type_name -> google.protobuf.Value
-	35, // 21: stepline.v1.ResumeAsyncRequest.request_context:type_name -> google.protobuf.Struct
-	37, // 22: stepline.v1.ResumeAsyncResponse.status:type_name -> stepline.v1.RunStatus
-	34, // 23: stepline.v1.ResumeStreamRequest.resume_data:type_name -> google.protobuf.Value
-	35, // 24: stepline.v1.ResumeStreamRequest.request_context:type_name -> google.protobuf.Struct
-	40, // 25: stepline.v1.ResumeStreamResponse.event:type_name -> stepline.v1.RunEvent
-	37, // 26: stepline.v1.CancelResponse.status:type_name -> stepline.v1.RunStatus
-	38, // 27: stepline.v1.RestartRequest.output_options:type_name -> stepline.v1.OutputOptions
-	39, // 28: stepline.v1.RestartResponse.result:type_name -> stepline.v1.RunResult
-	34, // 29: stepline.v1.TimeTravelRequest.input_data:type_name -> google.protobuf.Value
-	35, // 30: stepline.v1.TimeTravelRequest.initial_state:type_name -> google.protobuf.Struct
-	34, // 31: stepline.v1.TimeTravelRequest.resume_data:type_name -> google.protobuf.Value
-	32, // 32: stepline.v1.TimeTravelRequest.context:type_name -> stepline.v1.TimeTravelRequest.ContextEntry
-	35, // 33: stepline.v1.TimeTravelRequest.request_context:type_name -> google.protobuf.Struct
-	38, // 34: stepline.v1.TimeTravelRequest.output_options:type_name -> stepline.v1.OutputOptions
-	39, // 35: stepline.v1.TimeTravelResponse.result:type_name -> stepline.v1.RunResult
-	34, // 36: stepline.v1.TimeTravelStreamRequest.input_data:type_name -> google.protobuf.Value
-	35, // 37: stepline.v1.TimeTravelStreamRequest.initial_state:type_name -> google.protobuf.Struct
-	34, // 38: stepline.v1.TimeTravelStreamRequest.resume_data:type_name -> google.protobuf.Value
-	33, // 39: stepline.v1.TimeTravelStreamRequest.context:type_name -> stepline.v1.TimeTravelStreamRequest.ContextEntry
-	35, // 40: stepline.v1.TimeTravelStreamRequest.request_context:type_name -> google.protobuf.Struct
-	40, // 41: stepline.v1.TimeTravelStreamResponse.event:type_name -> stepline.v1.RunEvent
-	41, // 42: stepline.v1.GetExecutionResultRequest.wait_timeout:type_name -> google.protobuf.Duration
-	39, // 43: stepline.v1.GetExecutionResultResponse.result:type_name -> stepline.v1.RunResult
-	40, // 44: stepline.v1.WatchResponse.event:type_name -> stepline.v1.RunEvent
-	37, // 45: stepline.v1.ListRunsRequest.statuses:type_name -> stepline.v1.RunStatus
-	42, // 46: stepline.v1.ListRunsRequest.created_after:type_name -> google.protobuf.Timestamp
-	42, // 47: stepline.v1.ListRunsRequest.created_before:type_name -> google.protobuf.Timestamp
-	43, // 48: stepline.v1.ListRunsResponse.runs:type_name -> stepline.v1.RunSummary
-	44, // 49: stepline.v1.ListWorkflowsResponse.workflows:type_name -> stepline.v1.WorkflowInfo
-	44, // 50: stepline.v1.GetWorkflowResponse.workflow:type_name -> stepline.v1.WorkflowInfo
-	45, // 51: stepline.v1.TimeTravelRequest.ContextEntry.value:type_name -> stepline.v1.StepResult
-	45, // 52: stepline.v1.TimeTravelStreamRequest.ContextEntry.value:type_name -> stepline.v1.StepResult
-	0,  // 53: stepline.v1.WorkflowService.StartAsync:input_type -> stepline.v1.StartAsyncRequest
-	2,  // 54: stepline.v1.WorkflowService.Start:input_type -> stepline.v1.StartRequest
-	4,  // 55: stepline.v1.WorkflowService.Stream:input_type -> stepline.v1.StreamRequest
-	6,  // 56: stepline.v1.WorkflowService.Resume:input_type -> stepline.v1.ResumeRequest
-	8,  // 57: stepline.v1.WorkflowService.ResumeAsync:input_type -> stepline.v1.ResumeAsyncRequest
-	10, // 58: stepline.v1.WorkflowService.ResumeStream:input_type -> stepline.v1.ResumeStreamRequest
-	12, // 59: stepline.v1.WorkflowService.Cancel:input_type -> stepline.v1.CancelRequest
-	14, // 60: stepline.v1.WorkflowService.Restart:input_type -> stepline.v1.RestartRequest
-	16, // 61: stepline.v1.WorkflowService.TimeTravel:input_type -> stepline.v1.TimeTravelRequest
-	18, // 62: stepline.v1.WorkflowService.TimeTravelStream:input_type -> stepline.v1.TimeTravelStreamRequest
-	20, // 63: stepline.v1.WorkflowService.GetExecutionResult:input_type -> stepline.v1.GetExecutionResultRequest
-	22, // 64: stepline.v1.WorkflowService.Watch:input_type -> stepline.v1.WatchRequest
-	24, // 65: stepline.v1.WorkflowService.ListRuns:input_type -> stepline.v1.ListRunsRequest
-	26, // 66: stepline.v1.WorkflowService.DeleteRun:input_type -> stepline.v1.DeleteRunRequest
-	28, // 67: stepline.v1.WorkflowService.ListWorkflows:input_type -> stepline.v1.ListWorkflowsRequest
-	30, // 68: stepline.v1.WorkflowService.GetWorkflow:input_type -> stepline.v1.GetWorkflowRequest
-	1,  // 69: stepline.v1.WorkflowService.StartAsync:output_type -> stepline.v1.StartAsyncResponse
-	3,  // 70: stepline.v1.WorkflowService.Start:output_type -> stepline.v1.StartResponse
-	5,  // 71: stepline.v1.WorkflowService.Stream:output_type -> stepline.v1.StreamResponse
-	7,  // 72: stepline.v1.WorkflowService.Resume:output_type -> stepline.v1.ResumeResponse
-	9,  // 73: stepline.v1.WorkflowService.ResumeAsync:output_type -> stepline.v1.ResumeAsyncResponse
-	11, // 74: stepline.v1.WorkflowService.ResumeStream:output_type -> stepline.v1.ResumeStreamResponse
-	13, // 75: stepline.v1.WorkflowService.Cancel:output_type -> stepline.v1.CancelResponse
-	15, // 76: stepline.v1.WorkflowService.Restart:output_type -> stepline.v1.RestartResponse
-	17, // 77: stepline.v1.WorkflowService.TimeTravel:output_type -> stepline.v1.TimeTravelResponse
-	19, // 78: stepline.v1.WorkflowService.TimeTravelStream:output_type -> stepline.v1.TimeTravelStreamResponse
-	21, // 79: stepline.v1.WorkflowService.GetExecutionResult:output_type -> stepline.v1.GetExecutionResultResponse
-	23, // 80: stepline.v1.WorkflowService.Watch:output_type -> stepline.v1.WatchResponse
-	25, // 81: stepline.v1.WorkflowService.ListRuns:output_type -> stepline.v1.ListRunsResponse
-	27, // 82: stepline.v1.WorkflowService.DeleteRun:output_type -> stepline.v1.DeleteRunResponse
-	29, // 83: stepline.v1.WorkflowService.ListWorkflows:output_type -> stepline.v1.ListWorkflowsResponse
-	31, // 84: stepline.v1.WorkflowService.GetWorkflow:output_type -> stepline.v1.GetWorkflowResponse
-	69, // [69:85] is the sub-list for method output_type
-	53, // [53:69] is the sub-list for method input_type
-	53, // [53:53] is the sub-list for extension type_name
-	53, // [53:53] is the sub-list for extension extendee
-	0,  // [0:53] is the sub-list for field type_name
+	37, // 4: stepline.v1.StartAsyncRequest.output_options:type_name -> stepline.v1.OutputOptions
+	38, // 5: stepline.v1.StartAsyncResponse.status:type_name -> stepline.v1.RunStatus
+	34, // 6: stepline.v1.StartRequest.input_data:type_name -> google.protobuf.Value
+	35, // 7: stepline.v1.StartRequest.initial_state:type_name -> google.protobuf.Struct
+	35, // 8: stepline.v1.StartRequest.request_context:type_name -> google.protobuf.Struct
+	36, // 9: stepline.v1.StartRequest.tracing_options:type_name -> stepline.v1.TracingOptions
+	37, // 10: stepline.v1.StartRequest.output_options:type_name -> stepline.v1.OutputOptions
+	39, // 11: stepline.v1.StartResponse.result:type_name -> stepline.v1.RunResult
+	34, // 12: stepline.v1.StreamRequest.input_data:type_name -> google.protobuf.Value
+	35, // 13: stepline.v1.StreamRequest.initial_state:type_name -> google.protobuf.Struct
+	35, // 14: stepline.v1.StreamRequest.request_context:type_name -> google.protobuf.Struct
+	36, // 15: stepline.v1.StreamRequest.tracing_options:type_name -> stepline.v1.TracingOptions
+	37, // 16: stepline.v1.StreamRequest.output_options:type_name -> stepline.v1.OutputOptions
+	40, // 17: stepline.v1.StreamResponse.event:type_name -> stepline.v1.RunEvent
+	34, // 18: stepline.v1.ResumeRequest.resume_data:type_name -> google.protobuf.Value
+	35, // 19: stepline.v1.ResumeRequest.request_context:type_name -> google.protobuf.Struct
+	37, // 20: stepline.v1.ResumeRequest.output_options:type_name -> stepline.v1.OutputOptions
+	39, // 21: stepline.v1.ResumeResponse.result:type_name -> stepline.v1.RunResult
+	34, // 22: stepline.v1.ResumeAsyncRequest.resume_data:type_name -> google.protobuf.Value
+	35, // 23: stepline.v1.ResumeAsyncRequest.request_context:type_name -> google.protobuf.Struct
+	37, // 24: stepline.v1.ResumeAsyncRequest.output_options:type_name -> stepline.v1.OutputOptions
+	38, // 25: stepline.v1.ResumeAsyncResponse.status:type_name -> stepline.v1.RunStatus
+	34, // 26: stepline.v1.ResumeStreamRequest.resume_data:type_name -> google.protobuf.Value
+	35, // 27: stepline.v1.ResumeStreamRequest.request_context:type_name -> google.protobuf.Struct
+	37, // 28: stepline.v1.ResumeStreamRequest.output_options:type_name -> stepline.v1.OutputOptions
+	40, // 29: stepline.v1.ResumeStreamResponse.event:type_name -> stepline.v1.RunEvent
+	38, // 30: stepline.v1.CancelResponse.status:type_name -> stepline.v1.RunStatus
+	37, // 31: stepline.v1.RestartRequest.output_options:type_name -> stepline.v1.OutputOptions
+	35, // 32: stepline.v1.RestartRequest.request_context:type_name -> google.protobuf.Struct
+	36, // 33: stepline.v1.RestartRequest.tracing_options:type_name -> stepline.v1.TracingOptions
+	39, // 34: stepline.v1.RestartResponse.result:type_name -> stepline.v1.RunResult
+	34, // 35: stepline.v1.TimeTravelRequest.input_data:type_name -> google.protobuf.Value
+	35, // 36: stepline.v1.TimeTravelRequest.initial_state:type_name -> google.protobuf.Struct
+	34, // 37: stepline.v1.TimeTravelRequest.resume_data:type_name -> google.protobuf.Value
+	32, // 38: stepline.v1.TimeTravelRequest.context:type_name -> stepline.v1.TimeTravelRequest.ContextEntry
+	35, // 39: stepline.v1.TimeTravelRequest.request_context:type_name -> google.protobuf.Struct
+	37, // 40: stepline.v1.TimeTravelRequest.output_options:type_name -> stepline.v1.OutputOptions
+	39, // 41: stepline.v1.TimeTravelResponse.result:type_name -> stepline.v1.RunResult
+	34, // 42: stepline.v1.TimeTravelStreamRequest.input_data:type_name -> google.protobuf.Value
+	35, // 43: stepline.v1.TimeTravelStreamRequest.initial_state:type_name -> google.protobuf.Struct
+	34, // 44: stepline.v1.TimeTravelStreamRequest.resume_data:type_name -> google.protobuf.Value
+	33, // 45: stepline.v1.TimeTravelStreamRequest.context:type_name -> stepline.v1.TimeTravelStreamRequest.ContextEntry
+	35, // 46: stepline.v1.TimeTravelStreamRequest.request_context:type_name -> google.protobuf.Struct
+	37, // 47: stepline.v1.TimeTravelStreamRequest.output_options:type_name -> stepline.v1.OutputOptions
+	40, // 48: stepline.v1.TimeTravelStreamResponse.event:type_name -> stepline.v1.RunEvent
+	41, // 49: stepline.v1.GetExecutionResultRequest.wait_timeout:type_name -> google.protobuf.Duration
+	39, // 50: stepline.v1.GetExecutionResultResponse.result:type_name -> stepline.v1.RunResult
+	40, // 51: stepline.v1.WatchResponse.event:type_name -> stepline.v1.RunEvent
+	38, // 52: stepline.v1.ListRunsRequest.statuses:type_name -> stepline.v1.RunStatus
+	42, // 53: stepline.v1.ListRunsRequest.created_after:type_name -> google.protobuf.Timestamp
+	42, // 54: stepline.v1.ListRunsRequest.created_before:type_name -> google.protobuf.Timestamp
+	43, // 55: stepline.v1.ListRunsResponse.runs:type_name -> stepline.v1.RunSummary
+	44, // 56: stepline.v1.ListWorkflowsResponse.workflows:type_name -> stepline.v1.WorkflowInfo
+	44, // 57: stepline.v1.GetWorkflowResponse.workflow:type_name -> stepline.v1.WorkflowInfo
+	45, // 58: stepline.v1.TimeTravelRequest.ContextEntry.value:type_name -> stepline.v1.StepResult
+	45, // 59: stepline.v1.TimeTravelStreamRequest.ContextEntry.value:type_name -> stepline.v1.StepResult
+	0,  // 60: stepline.v1.WorkflowService.StartAsync:input_type -> stepline.v1.StartAsyncRequest
+	2,  // 61: stepline.v1.WorkflowService.Start:input_type -> stepline.v1.StartRequest
+	4,  // 62: stepline.v1.WorkflowService.Stream:input_type -> stepline.v1.StreamRequest
+	6,  // 63: stepline.v1.WorkflowService.Resume:input_type -> stepline.v1.ResumeRequest
+	8,  // 64: stepline.v1.WorkflowService.ResumeAsync:input_type -> stepline.v1.ResumeAsyncRequest
+	10, // 65: stepline.v1.WorkflowService.ResumeStream:input_type -> stepline.v1.ResumeStreamRequest
+	12, // 66: stepline.v1.WorkflowService.Cancel:input_type -> stepline.v1.CancelRequest
+	14, // 67: stepline.v1.WorkflowService.Restart:input_type -> stepline.v1.RestartRequest
+	16, // 68: stepline.v1.WorkflowService.TimeTravel:input_type -> stepline.v1.TimeTravelRequest
+	18, // 69: stepline.v1.WorkflowService.TimeTravelStream:input_type -> stepline.v1.TimeTravelStreamRequest
+	20, // 70: stepline.v1.WorkflowService.GetExecutionResult:input_type -> stepline.v1.GetExecutionResultRequest
+	22, // 71: stepline.v1.WorkflowService.Watch:input_type -> stepline.v1.WatchRequest
+	24, // 72: stepline.v1.WorkflowService.ListRuns:input_type -> stepline.v1.ListRunsRequest
+	26, // 73: stepline.v1.WorkflowService.DeleteRun:input_type -> stepline.v1.DeleteRunRequest
+	28, // 74: stepline.v1.WorkflowService.ListWorkflows:input_type -> stepline.v1.ListWorkflowsRequest
+	30, // 75: stepline.v1.WorkflowService.GetWorkflow:input_type -> stepline.v1.GetWorkflowRequest
+	1,  // 76: stepline.v1.WorkflowService.StartAsync:output_type -> stepline.v1.StartAsyncResponse
+	3,  // 77: stepline.v1.WorkflowService.Start:output_type -> stepline.v1.StartResponse
+	5,  // 78: stepline.v1.WorkflowService.Stream:output_type -> stepline.v1.StreamResponse
+	7,  // 79: stepline.v1.WorkflowService.Resume:output_type -> stepline.v1.ResumeResponse
+	9,  // 80: stepline.v1.WorkflowService.ResumeAsync:output_type -> stepline.v1.ResumeAsyncResponse
+	11, // 81: stepline.v1.WorkflowService.ResumeStream:output_type -> stepline.v1.ResumeStreamResponse
+	13, // 82: stepline.v1.WorkflowService.Cancel:output_type -> stepline.v1.CancelResponse
+	15, // 83: stepline.v1.WorkflowService.Restart:output_type -> stepline.v1.RestartResponse
+	17, // 84: stepline.v1.WorkflowService.TimeTravel:output_type -> stepline.v1.TimeTravelResponse
+	19, // 85: stepline.v1.WorkflowService.TimeTravelStream:output_type -> stepline.v1.TimeTravelStreamResponse
+	21, // 86: stepline.v1.WorkflowService.GetExecutionResult:output_type -> stepline.v1.GetExecutionResultResponse
+	23, // 87: stepline.v1.WorkflowService.Watch:output_type -> stepline.v1.WatchResponse
+	25, // 88: stepline.v1.WorkflowService.ListRuns:output_type -> stepline.v1.ListRunsResponse
+	27, // 89: stepline.v1.WorkflowService.DeleteRun:output_type -> stepline.v1.DeleteRunResponse
+	29, // 90: stepline.v1.WorkflowService.ListWorkflows:output_type -> stepline.v1.ListWorkflowsResponse
+	31, // 91: stepline.v1.WorkflowService.GetWorkflow:output_type -> stepline.v1.GetWorkflowResponse
+	76, // [76:92] is the sub-list for method output_type
+	60, // [60:76] is the sub-list for method input_type
+	60, // [60:60] is the sub-list for extension type_name
+	60, // [60:60] is the sub-list for extension extendee
+	0,  // [0:60] is the sub-list for field type_name
 }
 
 func init() { file_stepline_v1_workflow_service_proto_init() }

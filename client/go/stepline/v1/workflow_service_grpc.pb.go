@@ -61,7 +61,7 @@ type WorkflowServiceClient interface {
 	Cancel(ctx context.Context, in *CancelRequest, opts ...grpc.CallOption) (*CancelResponse, error)
 	// Re-drives an active run that no live replica holds.
 	Restart(ctx context.Context, in *RestartRequest, opts ...grpc.CallOption) (*RestartResponse, error)
-	// Re-executes a run from a given step.
+	// Re-executes a settled run from a given step (this is also how a PAUSED run continues).
 	TimeTravel(ctx context.Context, in *TimeTravelRequest, opts ...grpc.CallOption) (*TimeTravelResponse, error)
 	// Like TimeTravel, streaming the re-execution's events.
 	TimeTravelStream(ctx context.Context, in *TimeTravelStreamRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[TimeTravelStreamResponse], error)
@@ -307,7 +307,7 @@ type WorkflowServiceServer interface {
 	Cancel(context.Context, *CancelRequest) (*CancelResponse, error)
 	// Re-drives an active run that no live replica holds.
 	Restart(context.Context, *RestartRequest) (*RestartResponse, error)
-	// Re-executes a run from a given step.
+	// Re-executes a settled run from a given step (this is also how a PAUSED run continues).
 	TimeTravel(context.Context, *TimeTravelRequest) (*TimeTravelResponse, error)
 	// Like TimeTravel, streaming the re-execution's events.
 	TimeTravelStream(*TimeTravelStreamRequest, grpc.ServerStreamingServer[TimeTravelStreamResponse]) error
