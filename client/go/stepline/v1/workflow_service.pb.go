@@ -7,6 +7,7 @@
 package steplinev1
 
 import (
+	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
@@ -2143,7 +2144,7 @@ var File_stepline_v1_workflow_service_proto protoreflect.FileDescriptor
 
 const file_stepline_v1_workflow_service_proto_rawDesc = "" +
 	"\n" +
-	"\"stepline/v1/workflow_service.proto\x12\vstepline.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17stepline/v1/event.proto\x1a\x15stepline/v1/run.proto\x1a\x1astepline/v1/workflow.proto\"\xe6\x03\n" +
+	"\"stepline/v1/workflow_service.proto\x12\vstepline.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17stepline/v1/event.proto\x1a\x15stepline/v1/run.proto\x1a\x1astepline/v1/workflow.proto\"\xe6\x03\n" +
 	"\x11StartAsyncRequest\x12\x1f\n" +
 	"\vworkflow_id\x18\x01 \x01(\tR\n" +
 	"workflowId\x12\x15\n" +
@@ -2325,26 +2326,26 @@ const file_stepline_v1_workflow_service_proto_rawDesc = "" +
 	"\vworkflow_id\x18\x01 \x01(\tR\n" +
 	"workflowId\"L\n" +
 	"\x13GetWorkflowResponse\x125\n" +
-	"\bworkflow\x18\x01 \x01(\v2\x19.stepline.v1.WorkflowInfoR\bworkflow2\xf4\t\n" +
-	"\x0fWorkflowService\x12M\n" +
+	"\bworkflow\x18\x01 \x01(\v2\x19.stepline.v1.WorkflowInfoR\bworkflow2\xf1\x0e\n" +
+	"\x0fWorkflowService\x12z\n" +
 	"\n" +
-	"StartAsync\x12\x1e.stepline.v1.StartAsyncRequest\x1a\x1f.stepline.v1.StartAsyncResponse\x12>\n" +
-	"\x05Start\x12\x19.stepline.v1.StartRequest\x1a\x1a.stepline.v1.StartResponse\x12C\n" +
-	"\x06Stream\x12\x1a.stepline.v1.StreamRequest\x1a\x1b.stepline.v1.StreamResponse0\x01\x12A\n" +
-	"\x06Resume\x12\x1a.stepline.v1.ResumeRequest\x1a\x1b.stepline.v1.ResumeResponse\x12P\n" +
-	"\vResumeAsync\x12\x1f.stepline.v1.ResumeAsyncRequest\x1a .stepline.v1.ResumeAsyncResponse\x12U\n" +
-	"\fResumeStream\x12 .stepline.v1.ResumeStreamRequest\x1a!.stepline.v1.ResumeStreamResponse0\x01\x12A\n" +
-	"\x06Cancel\x12\x1a.stepline.v1.CancelRequest\x1a\x1b.stepline.v1.CancelResponse\x12D\n" +
-	"\aRestart\x12\x1b.stepline.v1.RestartRequest\x1a\x1c.stepline.v1.RestartResponse\x12M\n" +
+	"StartAsync\x12\x1e.stepline.v1.StartAsyncRequest\x1a\x1f.stepline.v1.StartAsyncResponse\"+\x82\xd3\xe4\x93\x02%:\x01*\" /v1/workflows/{workflow_id}/runs\x12q\n" +
+	"\x05Start\x12\x19.stepline.v1.StartRequest\x1a\x1a.stepline.v1.StartResponse\"1\x82\xd3\xe4\x93\x02+:\x01*\"&/v1/workflows/{workflow_id}/runs:start\x12w\n" +
+	"\x06Stream\x12\x1a.stepline.v1.StreamRequest\x1a\x1b.stepline.v1.StreamResponse\"2\x82\xd3\xe4\x93\x02,:\x01*\"'/v1/workflows/{workflow_id}/runs:stream0\x01\x12f\n" +
+	"\x06Resume\x12\x1a.stepline.v1.ResumeRequest\x1a\x1b.stepline.v1.ResumeResponse\"#\x82\xd3\xe4\x93\x02\x1d:\x01*\"\x18/v1/runs/{run_id}:resume\x12z\n" +
+	"\vResumeAsync\x12\x1f.stepline.v1.ResumeAsyncRequest\x1a .stepline.v1.ResumeAsyncResponse\"(\x82\xd3\xe4\x93\x02\":\x01*\"\x1d/v1/runs/{run_id}:resumeAsync\x12\x80\x01\n" +
+	"\fResumeStream\x12 .stepline.v1.ResumeStreamRequest\x1a!.stepline.v1.ResumeStreamResponse\")\x82\xd3\xe4\x93\x02#:\x01*\"\x1e/v1/runs/{run_id}:resumeStream0\x01\x12f\n" +
+	"\x06Cancel\x12\x1a.stepline.v1.CancelRequest\x1a\x1b.stepline.v1.CancelResponse\"#\x82\xd3\xe4\x93\x02\x1d:\x01*\"\x18/v1/runs/{run_id}:cancel\x12j\n" +
+	"\aRestart\x12\x1b.stepline.v1.RestartRequest\x1a\x1c.stepline.v1.RestartResponse\"$\x82\xd3\xe4\x93\x02\x1e:\x01*\"\x19/v1/runs/{run_id}:restart\x12v\n" +
 	"\n" +
-	"TimeTravel\x12\x1e.stepline.v1.TimeTravelRequest\x1a\x1f.stepline.v1.TimeTravelResponse\x12a\n" +
-	"\x10TimeTravelStream\x12$.stepline.v1.TimeTravelStreamRequest\x1a%.stepline.v1.TimeTravelStreamResponse0\x01\x12e\n" +
-	"\x12GetExecutionResult\x12&.stepline.v1.GetExecutionResultRequest\x1a'.stepline.v1.GetExecutionResultResponse\x12@\n" +
-	"\x05Watch\x12\x19.stepline.v1.WatchRequest\x1a\x1a.stepline.v1.WatchResponse0\x01\x12G\n" +
-	"\bListRuns\x12\x1c.stepline.v1.ListRunsRequest\x1a\x1d.stepline.v1.ListRunsResponse\x12J\n" +
-	"\tDeleteRun\x12\x1d.stepline.v1.DeleteRunRequest\x1a\x1e.stepline.v1.DeleteRunResponse\x12V\n" +
-	"\rListWorkflows\x12!.stepline.v1.ListWorkflowsRequest\x1a\".stepline.v1.ListWorkflowsResponse\x12P\n" +
-	"\vGetWorkflow\x12\x1f.stepline.v1.GetWorkflowRequest\x1a .stepline.v1.GetWorkflowResponseB?Z=github.com/stepline/stepline/client/go/stepline/v1;steplinev1b\x06proto3"
+	"TimeTravel\x12\x1e.stepline.v1.TimeTravelRequest\x1a\x1f.stepline.v1.TimeTravelResponse\"'\x82\xd3\xe4\x93\x02!:\x01*\"\x1c/v1/runs/{run_id}:timeTravel\x12\x90\x01\n" +
+	"\x10TimeTravelStream\x12$.stepline.v1.TimeTravelStreamRequest\x1a%.stepline.v1.TimeTravelStreamResponse\"-\x82\xd3\xe4\x93\x02':\x01*\"\"/v1/runs/{run_id}:timeTravelStream0\x01\x12\x80\x01\n" +
+	"\x12GetExecutionResult\x12&.stepline.v1.GetExecutionResultRequest\x1a'.stepline.v1.GetExecutionResultResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/runs/{run_id}\x12a\n" +
+	"\x05Watch\x12\x19.stepline.v1.WatchRequest\x1a\x1a.stepline.v1.WatchResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/runs/{run_id}:watch0\x01\x12}\n" +
+	"\bListRuns\x12\x1c.stepline.v1.ListRunsRequest\x1a\x1d.stepline.v1.ListRunsResponse\"4\x82\xd3\xe4\x93\x02.Z\"\x12 /v1/workflows/{workflow_id}/runs\x12\b/v1/runs\x12e\n" +
+	"\tDeleteRun\x12\x1d.stepline.v1.DeleteRunRequest\x1a\x1e.stepline.v1.DeleteRunResponse\"\x19\x82\xd3\xe4\x93\x02\x13*\x11/v1/runs/{run_id}\x12m\n" +
+	"\rListWorkflows\x12!.stepline.v1.ListWorkflowsRequest\x1a\".stepline.v1.ListWorkflowsResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/workflows\x12u\n" +
+	"\vGetWorkflow\x12\x1f.stepline.v1.GetWorkflowRequest\x1a .stepline.v1.GetWorkflowResponse\"#\x82\xd3\xe4\x93\x02\x1d\x12\x1b/v1/workflows/{workflow_id}B?Z=github.com/stepline/stepline/client/go/stepline/v1;steplinev1b\x06proto3"
 
 var (
 	file_stepline_v1_workflow_service_proto_rawDescOnce sync.Once
