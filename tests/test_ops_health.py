@@ -96,6 +96,7 @@ async def test_reflection_lists_and_describes_the_services() -> None:
         assert names == {
             SERVICE,
             "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
             "grpc.reflection.v1alpha.ServerReflection",
         }
 

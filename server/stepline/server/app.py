@@ -11,11 +11,11 @@ import ssl
 import grpc
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from .api import add_services
 from .api.interceptors import AuthInterceptor, TelemetryInterceptor
+from .api.reflection import enable_reflection
 from .auth import TokenTable
 from .errors import StoreUnavailable
 from .logs import RunLog
@@ -191,13 +191,9 @@ class Server:
         add_services(self.grpc, self.service)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         if settings.reflection:
-            reflection.enable_server_reflection(
-                [
-                    SERVICE_NAME,
-                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                    reflection.SERVICE_NAME,
-                ],
+            enable_reflection(
                 self.grpc,
+                [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name],
             )
         if self.tokens is not None and not settings.tls and not _loopback(settings.host):
             log.warning("bearer tokens are accepted over plaintext: configure TLS (--tls-cert)")
