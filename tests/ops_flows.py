@@ -77,7 +77,16 @@ async def review(ctx: StepContext[Num]) -> Num:
 
 @step(input=Num, output=Num)
 async def held(ctx: StepContext[Num]) -> Num:
-    await gate(ctx.run_id).wait()
+    """Waits for its run's gate to open, or for the run to be canceled."""
+    waits = {
+        asyncio.ensure_future(gate(ctx.run_id).wait()),
+        asyncio.ensure_future(ctx.wait_canceled()),
+    }
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
     return ctx.input
 
 

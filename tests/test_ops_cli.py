@@ -13,10 +13,18 @@ from typing import Any
 
 import pytest
 
-from stepline.client import EventType, RunEvent, RunStatus, WorkflowInfo
-from stepline.client.cli import UNICODE, EventPrinter, draw_graph
+from stepline.client import (
+    EventType,
+    RunEvent,
+    RunResult,
+    RunStatus,
+    StepResult,
+    StepStatus,
+    WorkflowInfo,
+)
+from stepline.client.cli import UNICODE, EventPrinter, draw_graph, print_result
 from tests.ops_support import BOUND, serve
-from tests.processes import REPO_ROOT, environment, stepline_command
+from tests.processes import REPO_ROOT, environment, free_port, stepline_command
 from tests.processes import Replica as Serving
 
 pytestmark = pytest.mark.timeout(90)
@@ -225,6 +233,95 @@ def test_tokens_through_the_cli(tmp_path: Path) -> None:
     assert about and all(r["run_id"] == run_id and r["workflow_id"] == "chain" for r in about)
 
 
+# -- rough edges of a first try ------------------------------------------------------------------
+
+
+def test_a_bare_group_prints_its_commands(server: Serving) -> None:
+    for group, commands in (("workflows", ["list", "show"]), ("runs", ["list"])):
+        bare = stepline(group, target=server.target)
+        assert bare.returncode == 0, bare.stderr
+        assert lines(bare)[0].startswith(f"usage: stepline {group} ")
+        listed = [line.split()[0] for line in lines(bare) if line.startswith("    ")]
+        assert listed == commands
+    everything = stepline(target=server.target)
+    assert everything.returncode == 0, everything.stderr
+    assert "    serve     run a Stepline server replica" in lines(everything)
+
+
+def test_a_run_without_input_says_input_is_required(server: Serving) -> None:
+    for flags in ((), ("--json",)):
+        done = stepline("run", "chain", *flags, target=server.target)
+        assert done.returncode == 2
+        assert done.stderr.splitlines() == [
+            "stepline run: --input is required (workflow chain takes {value: integer})"
+        ]
+    # Input that is there but wrong is still reported field by field.
+    wrong = stepline("run", "chain", "--input", "[1]", target=server.target)
+    assert wrong.returncode == 2
+    assert wrong.stderr.splitlines()[1].startswith("  input_data: Input should be a valid")
+
+
+def test_a_watch_from_past_the_end_says_where_the_log_ends(server: Serving) -> None:
+    run_id = "cli-past-the-end"
+    done = stepline(
+        "run", "chain", "--input", '{"value": 1}', "--run-id", run_id, target=server.target
+    )
+    assert done.returncode == 0, done.stderr
+    last = json.loads(stepline("result", run_id, "--json", target=server.target).stdout)[
+        "last_sequence"
+    ]
+    for flags in ((), ("--json",)):
+        past = stepline("watch", run_id, "--from", str(last + 1), *flags, target=server.target)
+        assert past.returncode == 2
+        assert past.stdout == ""
+        assert past.stderr.splitlines() == [
+            f"stepline watch: run {run_id}'s events end at {last} (status success):"
+            f" nothing to show from --from {last + 1}"
+        ]
+    at_the_end = stepline("watch", run_id, "--from", str(last), target=server.target)
+    assert at_the_end.returncode == 0
+    assert lines(at_the_end)[0] == f"{last:>4} ✔ success"
+
+
+def test_no_server_names_the_address_and_suggests_serve() -> None:
+    nobody = f"127.0.0.1:{free_port()}"
+    for command in (["workflows", "list"], ["run", "chain", "--input", "{}"], ["watch", "r"]):
+        done = stepline(*command, target=nobody)
+        assert done.returncode == 3
+        assert done.stderr.splitlines() == [
+            f"stepline: cannot connect to a Stepline server at {nobody}",
+            "  connection refused: start one with `stepline serve`, or name another with"
+            " --target HOST:PORT (env STEPLINE_TARGET)",
+        ]
+    # --json keeps the machine-readable error.
+    as_json = stepline("workflows", "list", "--json", target=nobody)
+    assert json.loads(as_json.stderr)["error"]["code"] == "UNAVAILABLE"
+
+
+def test_a_canceled_suspended_run_shows_no_step_suspended(server: Serving) -> None:
+    target = server.target
+    run_id = "cli-approval-canceled"
+    started = stepline(
+        "run", "approval", "--input", '{"value": 1}', "--run-id", run_id, target=target
+    )
+    assert lines(started)[-2] == "⏸ suspended at review"
+    canceled = stepline("cancel", run_id, target=target)
+    assert lines(canceled) == [f"run {run_id}: cancel requested; status now canceled"]
+
+    shown = stepline("result", run_id, target=target)
+    assert shown.returncode == 1
+    assert lines(shown)[0] == f"run {run_id}  workflow approval  status canceled"
+    steps = {line.split()[1]: line.split()[:3] for line in lines(shown)[3:]}
+    assert steps["add_one"][0] == "✔"
+    assert steps["review"] == ["■", "review", "canceled"]
+    assert "suspended" not in shown.stdout
+
+    # The server's log says the run suspended, then that it was canceled.
+    records = [json.loads(line) for line in server.log.splitlines() if line.startswith("{")]
+    about = [r["message"] for r in records if r.get("run_id") == run_id and r["level"] == "INFO"]
+    assert about[-2:] == [f"run {run_id} suspended at review", f"run {run_id} canceled"]
+
+
 # -- drawing, in process -------------------------------------------------------------------------
 
 
@@ -318,3 +415,34 @@ def test_the_progress_bar_redraws_in_place_on_a_terminal() -> None:
         "✔ success\n"
         "[\n  1,\n  2\n]\n"
     )
+
+
+def test_a_canceled_run_draws_no_step_as_still_going() -> None:
+    """Whatever the store kept of a step's last state, a canceled run's steps are drawn
+    settled."""
+    now = datetime.now(UTC)
+    steps = {
+        step_id: StepResult(status=status, started_at=now, attempts=1)
+        for step_id, status in (
+            ("done", StepStatus.SUCCESS),
+            ("asking", StepStatus.SUSPENDED),
+            ("napping", StepStatus.WAITING),
+            ("busy", StepStatus.RUNNING),
+        )
+    }
+    result = RunResult(
+        run_id="r1",
+        workflow_id="demo",
+        status=RunStatus.CANCELED,
+        steps=steps,
+        step_execution_path=tuple(steps),
+    )
+    out = _Terminal()
+    print_result(result, out)
+    rows = [line.split()[:3] for line in out.getvalue().splitlines()[3:]]
+    assert rows == [
+        ["✔", "done", "success"],
+        ["■", "asking", "canceled"],
+        ["■", "napping", "canceled"],
+        ["■", "busy", "canceled"],
+    ]

@@ -73,6 +73,36 @@ async def test_every_line_about_a_run_names_it(json_lines: io.StringIO) -> None:
         assert set(record) >= {"ts", "level", "logger", "message"}
 
 
+async def test_the_log_says_when_a_run_suspends_and_when_it_is_canceled(
+    json_lines: io.StringIO,
+) -> None:
+    async with running() as server, await Client.connect(server.target) as client:
+        # Canceled while suspended: no worker holds the run, the cancel settles it.
+        asking = await client.start("approval", {"value": 1}, timeout=BOUND)
+        assert asking.status is RunStatus.SUSPENDED
+        await client.cancel(asking.run_id)
+        # Canceled while a step runs: the worker holding the run stops it.
+        busy = await client.start_async("holding", {"value": 1})
+        await eventually(lambda: "step held started" in json_lines.getvalue())
+        assert (await client.cancel(busy.run_id)).status is RunStatus.CANCELED
+
+    def outcomes(run_id: str) -> list[str]:
+        return [
+            r["message"]
+            for r in _records(json_lines)
+            if r.get("run_id") == run_id
+            and r["level"] == "INFO"
+            and r["logger"] == logs.RUNS_LOGGER
+        ]
+
+    assert outcomes(asking.run_id) == [
+        f"run {asking.run_id} suspended at review",
+        f"run {asking.run_id} canceled",
+    ]
+    assert outcomes(busy.run_id)[-1] == f"run {busy.run_id} canceled"
+    assert not any("finished: suspended" in r["message"] for r in _records(json_lines))
+
+
 def test_tokens_never_reach_the_output(json_lines: io.StringIO) -> None:
     logging.getLogger("tests").warning("header was Bearer %s", TOKEN, extra={"peer": TOKEN})
     (record,) = _records(json_lines)

@@ -26,7 +26,7 @@ from typing import Any, TextIO
 import grpc
 
 from .client import Client
-from .errors import InvalidArgument, SteplineError
+from .errors import InvalidArgument, SteplineError, Unavailable
 from .models import (
     EventType,
     RunError,
@@ -34,6 +34,7 @@ from .models import (
     RunResult,
     RunStatus,
     StepResult,
+    StepStatus,
     WorkflowInfo,
 )
 
@@ -352,11 +353,25 @@ async def cmd_run(client: Client, args: argparse.Namespace, out: TextIO) -> int:
         "trace_id": args.trace_id or "",
     }
     data = _json_arg(args.input, "--input")
-    if args.json:
-        result = await client.start(args.workflow, data, **options)
-        out.write(dumps(result, pretty=True) + "\n")
-        return exit_status(result.status)
-    return await _follow(client.stream(args.workflow, data, **options), out, sequences=False)
+    try:
+        if args.json:
+            result = await client.start(args.workflow, data, **options)
+            out.write(dumps(result, pretty=True) + "\n")
+            return exit_status(result.status)
+        return await _follow(client.stream(args.workflow, data, **options), out, sequences=False)
+    except InvalidArgument as error:
+        if args.input is None and any(v.field == "input_data" for v in error.violations):
+            raise UsageError(await _input_required(client, args.workflow)) from None
+        raise
+
+
+async def _input_required(client: Client, workflow_id: str) -> str:
+    """Why a run without --input was refused: the workflow's input has a schema."""
+    try:
+        shape = _input_shape(await client.get_workflow(workflow_id))
+    except SteplineError:
+        shape = ""
+    return "--input is required" + (f" (workflow {workflow_id} takes {shape})" if shape else "")
 
 
 async def cmd_resume(client: Client, args: argparse.Namespace, out: TextIO) -> int:
@@ -376,15 +391,31 @@ async def cmd_watch(client: Client, args: argparse.Namespace, out: TextIO) -> in
     events = client.watch(
         args.run_id, after_sequence=args.from_sequence - 1, keep_open_on_suspend=args.keep_open
     )
-    if not args.json:
-        return await _follow(events, out, sequences=True)
+    printer = None if args.json else EventPrinter(out, sequences=True)
     status: object = None
+    seen = False
     async for event in events:
+        seen = True
+        if printer is not None:
+            printer.event(event)
+            continue
         out.write(dumps(event) + "\n")
         out.flush()
         if event.is_finish:
             status = event.data.get("status")
-    return exit_status(status)
+    if not seen and args.from_sequence > 1:
+        await _check_within_log(client, args.run_id, args.from_sequence)
+    return exit_status(status) if printer is None else printer.summary()
+
+
+async def _check_within_log(client: Client, run_id: str, first: int) -> None:
+    """A watch from past the end of a settled run's log ends at once: say so."""
+    result = await client.get_result(run_id)
+    if first > result.last_sequence:
+        raise UsageError(
+            f"run {run_id}'s events end at {result.last_sequence} (status {result.status}):"
+            f" nothing to show from --from {first}"
+        )
 
 
 async def cmd_result(client: Client, args: argparse.Namespace, out: TextIO) -> int:
@@ -396,26 +427,33 @@ async def cmd_result(client: Client, args: argparse.Namespace, out: TextIO) -> i
     if args.json:
         out.write(dumps(result, pretty=True) + "\n")
     else:
-        _print_result(result, out)
+        print_result(result, out)
     return exit_status(result.status)
 
 
-def _print_result(result: RunResult, out: TextIO) -> None:
+def print_result(result: RunResult, out: TextIO) -> None:
     g = glyphs_for(out)
     out.write(f"run {result.run_id}  workflow {result.workflow_id}  status {result.status}\n")
     out.write(f"created {_when(result.created_at)}  updated {_when(result.updated_at)}\n")
     if result.steps:
-        mark = {"success": g.ok, "failed": g.failed, "suspended": g.suspended}
+        mark = {
+            StepStatus.SUCCESS: g.ok,
+            StepStatus.FAILED: g.failed,
+            StepStatus.SUSPENDED: g.suspended,
+            StepStatus.WAITING: g.waiting,
+            StepStatus.CANCELED: g.canceled,
+        }
         rows = [["", "STEP", "STATUS", "TIME", "ATTEMPTS"]]
         for step_id in result.step_execution_path or tuple(result.steps):
             step: StepResult | None = result.steps.get(step_id)
             if step is None:
                 continue
+            status = _shown_status(step, result.status)
             rows.append(
                 [
-                    mark.get(step.status.value, g.start),
+                    mark.get(status, g.start),
                     step_id,
-                    step.status.value,
+                    status.value,
                     _duration(step.started_at, step.ended_at) or "-",
                     str(step.attempts),
                 ]
@@ -429,6 +467,15 @@ def _print_result(result: RunResult, out: TextIO) -> None:
         out.write(f"suspended at {suspended.step_id}: {dumps(suspended.payload)}\n")
     if result.state is not None:
         out.write("state:\n" + dumps(result.state, pretty=True) + "\n")
+
+
+def _shown_status(step: StepResult, run: RunStatus) -> StepStatus:
+    """A step's status as the run's status allows it: a canceled run has no step still
+    running, sleeping or waiting for a resume, whatever was stored before the cancel."""
+    unsettled = (StepStatus.RUNNING, StepStatus.WAITING, StepStatus.SUSPENDED)
+    if run is RunStatus.CANCELED and step.status in unsettled:
+        return StepStatus.CANCELED
+    return step.status
 
 
 async def cmd_cancel(client: Client, args: argparse.Namespace, out: TextIO) -> int:
@@ -490,16 +537,24 @@ async def cmd_workflows_show(client: Client, args: argparse.Namespace, out: Text
         return EXIT_OK
     for line in draw_graph(workflow, glyphs_for(out)):
         out.write(line + "\n")
-    fields = (workflow.input_schema or {}).get("properties") or {}
-    if fields:
-        required = set((workflow.input_schema or {}).get("required") or ())
-        described = ", ".join(
-            f"{name}{'' if name in required else '?'}: {spec.get('type', 'any')}"
-            for name, spec in fields.items()
-            if isinstance(spec, Mapping)
-        )
-        out.write(f"input: {{{described}}}\n")
+    shape = _input_shape(workflow)
+    if shape:
+        out.write(f"input: {shape}\n")
     return EXIT_OK
+
+
+def _input_shape(workflow: WorkflowInfo) -> str:
+    """The input's fields and types, `{name: string, count?: integer}`; "" when unknown."""
+    fields = (workflow.input_schema or {}).get("properties") or {}
+    if not fields:
+        return ""
+    required = set((workflow.input_schema or {}).get("required") or ())
+    described = ", ".join(
+        f"{name}{'' if name in required else '?'}: {spec.get('type', 'any')}"
+        for name, spec in fields.items()
+        if isinstance(spec, Mapping)
+    )
+    return f"{{{described}}}"
 
 
 # -- plumbing ------------------------------------------------------------------------------------
@@ -586,7 +641,13 @@ def add_commands(sub: Any) -> None:
     cancel = command(sub, "cancel", cmd_cancel, "cancel a run (a finished run is left as is)")
     cancel.add_argument("run_id")
 
-    runs = sub.add_parser("runs", help="list runs").add_subparsers(dest="what", required=True)
+    def group(name: str, help: str) -> Any:
+        """A command that only groups others: bare, it prints them (see `main`)."""
+        parser = sub.add_parser(name, help=help, description=help)
+        parser.set_defaults(handler=None, group=parser)
+        return parser.add_subparsers(dest="what", title="commands", metavar="COMMAND")
+
+    runs = group("runs", "list runs")
     runs_list = command(runs, "list", cmd_runs_list, "list runs, newest first")
     runs_list.add_argument(
         "--status", action="append", help="only runs with this status (repeatable, or a,b)"
@@ -596,15 +657,39 @@ def add_commands(sub: Any) -> None:
     runs_list.add_argument("--limit", type=int, default=20, help="runs per page (default 20)")
     runs_list.add_argument("--page-token", help="the page to show (from a previous listing)")
 
-    workflows = sub.add_parser("workflows", help="list or show workflows").add_subparsers(
-        dest="what", required=True
-    )
+    workflows = group("workflows", "list or show workflows")
     command(workflows, "list", cmd_workflows_list, "list the workflows the server runs")
     show = command(workflows, "show", cmd_workflows_show, "show a workflow's step graph")
     show.add_argument("workflow")
 
 
+def _unreachable(error: SteplineError) -> bool:
+    """No server answered: the channel failed to connect (a server's own UNAVAILABLE
+    always carries a reason)."""
+    return isinstance(error, Unavailable) and not error.reason
+
+
+def _connect_hint(message: str) -> str:
+    """What most likely went wrong connecting, and what to try, from gRPC's message."""
+    elsewhere = "name another with --target HOST:PORT (env STEPLINE_TARGET)"
+    lowered = message.lower()
+    if "connection refused" in lowered:
+        return f"  connection refused: start one with `stepline serve`, or {elsewhere}"
+    if "resolving" in lowered or "domain name not found" in lowered:
+        return f"  the host name does not resolve: {elsewhere}"
+    if "handshake" in lowered:
+        return (
+            "  the TLS handshake failed: drop --tls/--ca if the server is plaintext,"
+            " or give --ca the CA that signed its certificate"
+        )
+    return f"  {message}\n  is `stepline serve` running there? Or {elsewhere}"
+
+
 def _report(error: BaseException, args: argparse.Namespace) -> None:
+    if isinstance(error, SteplineError) and _unreachable(error) and not args.json:
+        sys.stderr.write(f"stepline: cannot connect to a Stepline server at {args.target}\n")
+        sys.stderr.write(_connect_hint(error.message) + "\n")
+        return
     if isinstance(error, SteplineError) and args.json:
         code = getattr(error.code, "name", str(error.code))
         detail = {"code": code, "reason": error.reason, "message": error.message}
@@ -628,7 +713,11 @@ async def _call(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def main(args: argparse.Namespace, out: TextIO | None = None) -> int:
-    """Run the client command `args` describes (parsed by a parser `add_commands` set up)."""
+    """Run the client command `args` describes (parsed by a parser `add_commands` set up).
+    A group without its subcommand (`stepline runs`) prints the subcommands it has."""
+    if args.handler is None:
+        args.group.print_help(out or sys.stdout)
+        return EXIT_OK
     try:
         return asyncio.run(_call(args, out or sys.stdout))
     except UsageError as error:

@@ -145,7 +145,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Durable workflows over gRPC: a server (`serve`) and a client.",
         epilog="Client exit status: 0 done, 1 run failed or canceled, 2 bad usage, 3 call failed.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
     _serve_parser(sub)
     client_cli.add_commands(sub)
     return parser
@@ -260,7 +260,11 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # bare `stepline`: what it can do
+        parser.print_help()
+        return 0
     if args.command == "serve":
         return serve(args)
     return client_cli.main(args)

@@ -28,6 +28,7 @@ _run_id: ContextVar[str | None] = ContextVar("stepline_run_id", default=None)
 _workflow_id: ContextVar[str | None] = ContextVar("stepline_workflow_id", default=None)
 
 CONTEXT_FIELDS = ("run_id", "workflow_id", "trace_id", "span_id")
+RUNS_LOGGER = "stepline.runs"  # the lines that follow runs: start, steps, outcome
 REDACTED = "[REDACTED]"
 # Shorter secrets are not searched for: replacing them would mangle ordinary text.
 MIN_REDACTED_LENGTH = 6
@@ -149,13 +150,21 @@ def configure(
     return handler
 
 
+def log_canceled(run_id: str, workflow_id: str, logger: logging.Logger | None = None) -> None:
+    """The line for a run that was canceled, whether a worker stopped it or the cancel found
+    it idle (suspended or sleeping) and settled it directly."""
+    (logger or logging.getLogger(RUNS_LOGGER)).info(
+        "run %s canceled", run_id, extra={"run_id": run_id, "workflow_id": workflow_id}
+    )
+
+
 class RunLog:
     """`RunObserver` that writes a line when a pass begins and ends and for each step result
     (a plain start and successful steps at DEBUG). Every line names the run and its
     workflow."""
 
     def __init__(self, logger: logging.Logger | None = None) -> None:
-        self._log = logger or logging.getLogger("stepline.runs")
+        self._log = logger or logging.getLogger(RUNS_LOGGER)
 
     def pass_started(self, snapshot: Snapshot) -> _RunPassLog:
         return _RunPassLog(self._log, snapshot)
@@ -188,18 +197,30 @@ class _RunPassLog:
                 self._log.debug("step %s started", data.get("step_id"), extra=self._extra)
             elif event.type is EventType.STEP_RESULT:
                 self._step_result(data)
-            elif event.type is EventType.STEP_SUSPENDED:
-                self._log.info("step %s suspended", data.get("step_id"), extra=self._extra)
+            elif event.type is EventType.STEP_SUSPENDED:  # the run's line names the step
+                self._log.debug("step %s suspended", data.get("step_id"), extra=self._extra)
             elif event.type is EventType.WORKFLOW_FINISH:
                 self._finished = True
-                error = data.get("error") or {}
-                self._log.info(
-                    "run %s finished: %s%s",
-                    snapshot.run_id,
-                    data.get("status"),
-                    f" ({error.get('name')}: {error.get('message')})" if error else "",
-                    extra=self._extra,
-                )
+                self._settled(snapshot.run_id, data)
+
+    def _settled(self, run_id: str, data: Mapping[str, Any]) -> None:
+        """The line that says how a pass left the run: finished, suspended or canceled."""
+        status = data.get("status")
+        if status == RunStatus.SUSPENDED.value:
+            paths = [leaf.get("path") or [] for leaf in data.get("suspended") or ()]
+            at = ", ".join(".".join(str(part) for part in path) for path in paths) or "?"
+            self._log.info("run %s suspended at %s", run_id, at, extra=self._extra)
+        elif status == RunStatus.CANCELED.value:
+            log_canceled(run_id, self._extra["workflow_id"], self._log)
+        else:
+            error = data.get("error") or {}
+            self._log.info(
+                "run %s finished: %s%s",
+                run_id,
+                status,
+                f" ({error.get('name')}: {error.get('message')})" if error else "",
+                extra=self._extra,
+            )
 
     def _step_result(self, data: Mapping[str, Any]) -> None:
         status = data.get("status")
