@@ -18,7 +18,7 @@ import math
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, cast
 
 import grpc
@@ -26,6 +26,7 @@ import psutil
 import redis.asyncio as aioredis
 from google.protobuf import duration_pb2, struct_pb2
 
+from bench.long_runs import LongRuns
 from stepline.v1 import run_pb2, workflow_service_pb2_grpc
 from stepline.v1 import workflow_service_pb2 as pb
 
@@ -36,9 +37,12 @@ SUCCESS = run_pb2.RUN_STATUS_SUCCESS
 SUSPENDED = run_pb2.RUN_STATUS_SUSPENDED
 MB = 1024 * 1024
 STREAMS_PER_CHANNEL = 250  # well under the server's 1,000 streams per connection
+# W9 reads the result of a 100,000-item foreach: several MB (bench/run.py raises the server's
+# --max-message-bytes to match).
+MAX_MESSAGE_BYTES = 256 * MB
 CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", 64 * MB),
-    ("grpc.max_send_message_length", 64 * MB),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     # Each channel gets its own connection (the global pool would share one).
     ("grpc.use_local_subchannel_pool", 1),
 ]
@@ -66,6 +70,16 @@ class Config:
     w5_warmup: int = 5
     w7_runs: int = 100000
     populate_concurrency: int = 256
+    # W8: chain lengths (bench_chain<n> in bench/flows.py); the shortest runs w8_runs times
+    # after w8_warmup, each longer one w8_long_runs times after one warm-up run.
+    w8_steps: list[int] = field(default_factory=lambda: [10, 1000])
+    w8_runs: int = 50
+    w8_warmup: int = 5
+    w8_long_runs: int = 3
+    # W9: foreach sizes, one run each, smallest first; a size that does not finish within
+    # w9_limit seconds is canceled and the larger ones are not run.
+    w9_sizes: list[int] = field(default_factory=lambda: [1000, 10000, 100000])
+    w9_limit: float = 600.0
 
     @classmethod
     def from_json(cls, text: str) -> Config:
@@ -566,6 +580,13 @@ class Driver:
             stored = self.stored_runs
             out["W6"] = await self.timed("W6", self.w1)
             out["W6"]["stored_runs"] = stored
+        # Last: a W9 size over its limit leaves the server busy until its run is canceled.
+        long_runs = LongRuns(self.stub(0), self.errors, self.config)
+        if "W8" in wanted:
+            out["W8"] = await self.timed("W8", long_runs.w8)
+        if "W9" in wanted:
+            out["W9"] = await self.timed("W9", long_runs.w9)
+        self.stored_runs += long_runs.runs
         return out
 
     async def timed(

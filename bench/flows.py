@@ -7,11 +7,16 @@ bench/mastra/driver.mjs defines the same graphs for Mastra; keep the two in step
 - `bench_steps100`: one hundred steps in sequence, each adds 1 (W5).
 - `bench_ticks`: `hold` sleeps, then twenty steps that each sleep `delay` and add 1; long
   enough that a thousand `Watch` subscribers attach while it runs (W4 fan-out).
+- `bench_chain10`, `bench_chain50`, `bench_chain1000`: that many steps in sequence, each adds
+  1 (W8; 50 is the smoke run's long chain).
+- `bench_foreach`: `items` turns `{"count": n}` into n items `{"value": i}`, then a foreach
+  adds 1 to each, 16 at a time (W9).
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -24,6 +29,10 @@ class Num(BaseModel):
 
 class Go(BaseModel):
     ok: bool = True
+
+
+class Count(BaseModel):
+    count: int
 
 
 class Tick(BaseModel):
@@ -83,3 +92,38 @@ bench_ticks = Workflow(
 for _i in range(TICKS_W4):
     bench_ticks.then(step(f"t{_i:02d}", input=Tick, output=Tick)(_tick))
 bench_ticks.commit()
+
+
+def _chain(length: int) -> Workflow:
+    chain = Workflow(
+        f"bench_chain{length}", input=Num, output=Num, description=f"{length} steps, each adds 1"
+    )
+    for i in range(length):
+        chain.then(step(f"c{i:04d}", input=Num, output=Num)(_add_one))
+    return chain.commit()
+
+
+# The registry finds workflows by module attribute: one name per chain.
+bench_chain10 = _chain(10)
+bench_chain50 = _chain(50)
+bench_chain1000 = _chain(1000)
+CHAIN_LENGTHS = (10, 50, 1000)
+
+FOREACH_CONCURRENCY = 16
+
+
+def _items(ctx: StepContext[Any]) -> list[dict[str, int]]:
+    return [{"value": i} for i in range(Count.model_validate(ctx.input).count)]
+
+
+bench_foreach = (
+    Workflow(
+        "bench_foreach",
+        input=Count,
+        output=list,
+        description=f"n items, each adds 1, {FOREACH_CONCURRENCY} at a time",
+    )
+    .map(_items, id="items")
+    .foreach(step("add_item", input=Num, output=Num)(_add_one), concurrency=FOREACH_CONCURRENCY)
+    .commit()
+)

@@ -44,7 +44,11 @@ NODE_CACHE = CACHE / "bench-node22"
 NODE_SRC = BENCH / "node22"
 PROFILE_DIR = CACHE / "bench-profiles"
 NODE_MIN = (22, 13)  # @mastra/core 1.71.0 declares engines.node >= 22.13.0
-WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7")
+WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9")
+# W9 reads the result of its largest foreach: the server may send that much (the driver's
+# channel accepts as much, bench/driver.py MAX_MESSAGE_BYTES).
+W9_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+W9_CANCEL_SECONDS = 180  # bench/long_runs.py: cancel, then wait up to 120 s for the run to stop
 MASTRA_STORES = ("memory", "libsql")
 READY_SECONDS = 30.0
 STOP_SECONDS = 15.0
@@ -69,6 +73,12 @@ DEFAULTS: dict[str, Any] = {
     "w5_warmup": 5,
     "w7_runs": 100000,
     "populate_concurrency": 256,
+    "w8_steps": [10, 1000],
+    "w8_runs": 50,
+    "w8_warmup": 5,
+    "w8_long_runs": 3,
+    "w9_sizes": [1000, 10000, 100000],
+    "w9_limit": 600.0,
 }
 QUICK: dict[str, Any] = {
     "w1_seq_runs": 40,
@@ -87,6 +97,11 @@ QUICK: dict[str, Any] = {
     "w5_warmup": 1,
     "w7_runs": 300,
     "populate_concurrency": 64,
+    "w8_steps": [10, 50],
+    "w8_runs": 5,
+    "w8_warmup": 1,
+    "w8_long_runs": 1,
+    "w9_sizes": [20, 100],
 }
 SCALED = (
     "w1_seq_runs",
@@ -101,6 +116,9 @@ SCALED = (
     "w5_runs",
     "w5_warmup",
     "w7_runs",
+    "w8_runs",
+    "w8_warmup",
+    "w8_long_runs",
 )
 # (metric, config field it must equal): a run that lost or failed work shows here.
 COUNTS = (
@@ -127,6 +145,7 @@ class Row:
     unit: str
     better: str  # "higher" | "lower" | "" (a count)
     target: str = ""
+    at_most: float | None = None  # the target, when it is "the median is at most this"
 
 
 ROWS = (
@@ -169,6 +188,67 @@ ROWS = (
     Row("W7.aof_bytes_per_run", "W7 Redis AOF bytes per run (no rewrite)", "B", "lower"),
     Row("W7.populate_runs_per_s", "W7 populate rate", "runs/s", "higher"),
 )
+
+
+def scale_rows(config: dict[str, Any]) -> list[Row]:
+    """W8 and W9 rows for the chain lengths and foreach sizes this run used."""
+    rows: list[Row] = []
+    workloads = config.get("workloads") or []
+    steps = sorted(config.get("w8_steps") or []) if "W8" in workloads else []
+    for n in steps:
+        rows.append(
+            Row(f"W8.chain{n}_per_step_us", f"W8 chain of {n:,} steps, per step", "us", "lower")
+        )
+    for n in steps[1:]:
+        last = n == steps[-1]
+        rows.append(
+            Row(
+                f"W8.chain{n}_vs_chain{steps[0]}",
+                f"W8 per step: {n:,} steps / {steps[0]:,} steps",
+                "x",
+                "lower",
+                "<= 1.2" if last else "",
+                1.2 if last else None,
+            )
+        )
+    sizes = sorted(config.get("w9_sizes") or []) if "W9" in workloads else []
+    for n in sizes:
+        big = n == 100_000
+        rows += [
+            Row(f"W9.n{n}_per_item_us", f"W9 foreach {n:,} items, per item", "us", "lower"),
+            Row(
+                f"W9.n{n}_total_s",
+                f"W9 foreach {n:,} items, total",
+                "s",
+                "lower",
+                "< 60" if big else "",
+                60.0 if big else None,
+            ),
+            Row(f"W9.n{n}_result_bytes", f"W9 foreach {n:,} items, result size", "B", "lower"),
+            Row(f"W9.n{n}_result_read_ms", f"W9 foreach {n:,} items, result read", "ms", "lower"),
+        ]
+    for n in sizes[1:]:
+        last = n == sizes[-1]
+        rows.append(
+            Row(
+                f"W9.n{n}_vs_n{sizes[0]}",
+                f"W9 per item: {n:,} items / {sizes[0]:,} items",
+                "x",
+                "lower",
+                "<= 1.3" if last else "",
+                1.3 if last else None,
+            )
+        )
+    return rows
+
+
+def expected_counts(config: dict[str, Any]) -> list[tuple[str, int]]:
+    """(metric, the count it must equal): COUNTS, W8's runs per chain, W9's items per size."""
+    out = [(key, int(config[field])) for key, field in COUNTS if field in config]
+    for index, n in enumerate(sorted(config.get("w8_steps") or [])):
+        out.append((f"W8.chain{n}_runs", config["w8_runs" if index == 0 else "w8_long_runs"]))
+    out += [(f"W9.n{n}_items", n) for n in config.get("w9_sizes") or []]
+    return out
 
 
 def log(message: str) -> None:
@@ -331,7 +411,25 @@ def _server_pid(process: subprocess.Popen[bytes], profiled: bool) -> int:
 # -- Stepline ----------------------------------------------------------------------------------
 
 
+def driver_deadline(args: argparse.Namespace, config: dict[str, Any]) -> float:
+    """--deadline, plus what W9's sizes may take on top: each its limit twice (the run, then
+    the read of its result) and the cancel of one over the limit."""
+    if "W9" not in config["workloads"]:
+        return float(args.deadline)
+    sizes = len(config["w9_sizes"])
+    return float(args.deadline) + sizes * 2 * float(config["w9_limit"]) + W9_CANCEL_SECONDS
+
+
+def server_flags(args: argparse.Namespace, config: dict[str, Any]) -> list[str]:
+    """--server-arg flags, and for W9 a message limit that lets its largest result through."""
+    flags = list(args.server_arg or [])
+    if "W9" in config["workloads"] and not any("max-message-bytes" in f for f in flags):
+        flags.append(f"--max-message-bytes={W9_MAX_MESSAGE_BYTES}")
+    return flags
+
+
 def run_stepline(rep: int, config: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    deadline = driver_deadline(args, config)
     workdir = Path(tempfile.mkdtemp(prefix="stepline-bench-"))
     redis: subprocess.Popen[bytes] | None = None
     server: Server | None = None
@@ -342,7 +440,7 @@ def run_stepline(rep: int, config: dict[str, Any], args: argparse.Namespace) -> 
     keep = args.keep_workdir
     try:
         redis, redis_port = start_redis(workdir)
-        server = start_server(workdir, redis_port, args.server_arg or [], profile_to)
+        server = start_server(workdir, redis_port, server_flags(args, config), profile_to)
         log(f"stepline rep {rep}: server pid {server.pid} on {server.target}, redis :{redis_port}")
         command = [
             sys.executable, "-m", "bench.driver",
@@ -350,7 +448,7 @@ def run_stepline(rep: int, config: dict[str, Any], args: argparse.Namespace) -> 
             "--redis-url", f"redis://127.0.0.1:{redis_port}/0",
             "--server-pid", str(server.pid),
             "--config", json.dumps(config),
-            "--deadline", str(args.deadline),
+            "--deadline", str(deadline),
         ]  # fmt: skip
         if args.no_uvloop:
             command.append("--no-uvloop")
@@ -361,12 +459,12 @@ def run_stepline(rep: int, config: dict[str, Any], args: argparse.Namespace) -> 
                 env=environment(),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
-                timeout=args.deadline + 60,
+                timeout=deadline + 60,
                 check=False,
             )
         except subprocess.TimeoutExpired:
             keep = True
-            return {"error": f"driver timed out after {args.deadline + 60:.0f} s"}
+            return {"error": f"driver timed out after {deadline + 60:.0f} s"}
         result = _last_json(done.stdout.decode(errors="replace"))
         if done.returncode != 0 or result is None:
             keep = True
@@ -541,10 +639,16 @@ def summarize(reps: list[dict[str, float]]) -> dict[str, dict[str, float]]:
 
 
 def target_met(
-    key: str, figures: dict[str, dict[str, float]], libsql: dict[str, Any]
+    row: Row, figures: dict[str, dict[str, float]], libsql: dict[str, Any]
 ) -> bool | None:
     """Whether the median meets the issue's target (None: no target or no figure)."""
+    key = row.key
     value = figures.get(key, {}).get("median")
+    if row.at_most is not None:
+        if value is not None:
+            return value <= row.at_most
+        above = figures.get(f"{key}_above", {}).get("median")  # over the W9 time limit
+        return False if above is not None and above > row.at_most else None
     if value is None:
         return None
     subs = figures.get("W4.watch_subscribers", {}).get("median")
@@ -596,10 +700,40 @@ def cell(figure: dict[str, float] | None) -> str:
     return f"{fmt(figure['median'])} [{fmt(figure['min'])}..{fmt(figure['max'])}]"
 
 
+def figure_cell(figures: dict[str, dict[str, float]], key: str) -> str:
+    """The figure, or "> bound" for a W9 size over its time limit ("not run" when a smaller
+    size already was)."""
+    if key in figures or f"{key}_above" not in figures:
+        return cell(figures.get(key))
+    bound = f"> {fmt(figures[f'{key}_above']['median'])}"
+    not_run = figures.get(key.split("_", 1)[0] + "_not_run", {}).get("min")
+    return f"{bound} (not run)" if not_run else bound
+
+
+def ratio_cell(
+    key: str,
+    stepline: dict[str, dict[str, float]],
+    other: dict[str, dict[str, float]],
+    ratio: float | None,
+) -> str:
+    """Stepline / Mastra, or a bound when one side ran past the W9 time limit."""
+    if ratio is not None:
+        return f"{ratio + 0.0:.2f}x"  # + 0.0: no "-0.00x"
+    mine, theirs = stepline.get(key, {}).get("median"), other.get(key, {}).get("median")
+    mine_above = stepline.get(f"{key}_above", {}).get("median")
+    theirs_above = other.get(f"{key}_above", {}).get("median")
+    if mine_above is not None and theirs:
+        return f"> {mine_above / theirs:.2f}x"
+    if mine is not None and theirs_above:
+        return f"< {mine / theirs_above:.2f}x"
+    return "-"
+
+
 def table(
     engines: dict[str, dict[str, dict[str, float]]],
     ratios: dict[str, dict[str, float]],
     met: dict[str, bool | None],
+    rows_wanted: list[Row],
 ) -> str:
     columns = [name for name in ("mastra-memory", "mastra-libsql") if engines.get(name)]
     header = ["workload / figure", "unit", "Stepline median [min..max]", "target", "met"]
@@ -609,22 +743,22 @@ def table(
         header.append("S/" + name.replace("mastra-", ""))
     rows = [header]
     stepline = engines.get("stepline", {})
-    for row in ROWS:
-        if row.key not in stepline and not any(row.key in engines[c] for c in columns):
+    for row in rows_wanted:
+        keys = (row.key, f"{row.key}_above")
+        shown = [stepline, *(engines[c] for c in columns)]
+        if not any(key in figures for figures in shown for key in keys):
             continue
         verdict = met.get(row.key)
         line = [
             row.label,
             row.unit + ("" if not row.better else " ↑" if row.better == "higher" else " ↓"),
-            cell(stepline.get(row.key)),
+            figure_cell(stepline, row.key),
             row.target,
             "" if verdict is None else "yes" if verdict else "NO",
         ]
-        line += [cell(engines[c].get(row.key)) for c in columns]
+        line += [figure_cell(engines[c], row.key) for c in columns]
         line += [
-            "-"
-            if ratios.get(row.key, {}).get(c) is None
-            else f"{ratios[row.key][c] + 0.0:.2f}x"  # + 0.0: no "-0.00x"
+            ratio_cell(row.key, stepline, engines[c], ratios.get(row.key, {}).get(c))
             for c in columns
         ]
         rows.append(line)
@@ -640,13 +774,11 @@ def table(
 def count_problems(engine: str, reps: list[dict[str, float]], config: dict[str, Any]) -> list[str]:
     problems = []
     for index, rep in enumerate(reps):
-        for key, field in COUNTS:
+        for key, want in expected_counts(config):
             if key.split(".")[0] not in config["workloads"] or key not in rep:
                 continue
-            if rep[key] != config[field]:
-                problems.append(
-                    f"{engine} rep {index + 1}: {key} = {rep[key]:g}, want {config[field]}"
-                )
+            if rep[key] != want:
+                problems.append(f"{engine} rep {index + 1}: {key} = {rep[key]:g}, want {want}")
     return problems
 
 
@@ -660,6 +792,11 @@ def build_config(args: argparse.Namespace) -> dict[str, Any]:
     for name in SCALED:
         config[name] = max(1, round(config[name] * args.runs))
     config["concurrency"] = args.concurrency
+    if args.w9_sizes is not None:
+        config["w9_sizes"] = args.w9_sizes
+    else:
+        config["w9_sizes"] = sorted({max(1, round(n * args.runs)) for n in config["w9_sizes"]})
+    config["w9_limit"] = args.w9_limit
     if args.subscribers is not None:
         config["w4_subscribers"] = args.subscribers
     config["workloads"] = args.workloads
@@ -678,6 +815,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--concurrency", type=int, default=64, help="calls in flight (W1, W2, W3)")
     parser.add_argument("--subscribers", type=int, default=None, help="W4 Watch subscribers")
+    parser.add_argument(
+        "--w9-sizes",
+        default=None,
+        help="W9 foreach sizes, e.g. 1000,10000 (default 1000,10000,100000 scaled by --runs)",
+    )
+    parser.add_argument(
+        "--w9-limit",
+        type=float,
+        default=600.0,
+        help="seconds one W9 foreach may take; over it: reported '> limit', larger sizes skipped",
+    )
     parser.add_argument("--no-mastra", action="store_true", help="skip the Mastra side")
     parser.add_argument(
         "--mastra-stores", default=",".join(MASTRA_STORES), help="memory and/or libsql"
@@ -699,6 +847,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     unknown = set(args.workloads) - set(WORKLOADS)
     if unknown:
         parser.error(f"unknown workloads {sorted(unknown)}; choose from {', '.join(WORKLOADS)}")
+    if args.w9_sizes is not None:
+        try:
+            args.w9_sizes = sorted({int(n) for n in args.w9_sizes.split(",") if n.strip()})
+        except ValueError:
+            parser.error("--w9-sizes: comma-separated whole numbers")
+        if not args.w9_sizes or args.w9_sizes[0] < 1:
+            parser.error("--w9-sizes: at least one size, each >= 1")
+    if args.w9_limit <= 0:
+        parser.error("--w9-limit must be > 0")
     args.mastra_stores = [s.strip() for s in args.mastra_stores.split(",") if s.strip()]
     if set(args.mastra_stores) - set(MASTRA_STORES):
         parser.error(f"--mastra-stores: choose from {', '.join(MASTRA_STORES)}")
@@ -749,7 +906,9 @@ def main(argv: list[str] | None = None) -> int:
                 raw[name] = []
                 with _stage(name):
                     for rep in range(1, args.reps + 1):
-                        result = run_mastra(node, home, store, rep, config, args.deadline)
+                        result = run_mastra(
+                            node, home, store, rep, config, driver_deadline(args, config)
+                        )
                         if "error" in result:
                             failures.append(f"{name} rep {rep}: {result['error']}")
                             log(failures[-1])
@@ -784,13 +943,16 @@ def report(
     engines = {name: summarize(reps) for name, reps in flat.items() if reps}
     ratios: dict[str, dict[str, float]] = {}
     for key, figure in engines.get("stepline", {}).items():
+        if key.endswith("_above"):  # a bound, not a figure (W9 over its time limit)
+            continue
         for name in ("mastra-memory", "mastra-libsql"):
             other = engines.get(name, {}).get(key, {}).get("median")
             if other:
                 ratios.setdefault(key, {})[name] = round(figure["median"] / other, 4)
     stepline = engines.get("stepline", {})
     libsql = engines.get("mastra-libsql", {})
-    met = {row.key: target_met(row.key, stepline, libsql) for row in ROWS if row.target}
+    rows = [*ROWS, *scale_rows(config)]
+    met = {row.key: target_met(row, stepline, libsql) for row in rows if row.target}
     problems = [p for name, reps in flat.items() for p in count_problems(name, reps, config)]
     errors = {
         name: sum(sum((r.get("errors") or {}).values()) for r in results)
@@ -799,7 +961,7 @@ def report(
     for problem in problems:
         log(f"count mismatch: {problem}")
 
-    print(table(engines, ratios, met))
+    print(table(engines, ratios, met, rows))
     print(
         f"median of {run['reps']} rep(s) [min..max]; ↑ higher is better, ↓ lower;"
         " S/x = Stepline / Mastra x"
@@ -831,7 +993,7 @@ def report(
         "engines": engines,
         "ratios": ratios,
         "targets": {
-            row.key: {"target": row.target, "met": met.get(row.key)} for row in ROWS if row.target
+            row.key: {"target": row.target, "met": met.get(row.key)} for row in rows if row.target
         },
         "counts_ok": not problems and not failures,
         "count_problems": problems,

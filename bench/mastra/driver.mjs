@@ -43,6 +43,12 @@ const defaults = {
   w5_warmup: 5,
   w7_runs: 100000,
   populate_concurrency: 256,
+  w8_steps: [10, 1000],
+  w8_runs: 50,
+  w8_warmup: 5,
+  w8_long_runs: 3,
+  w9_sizes: [1000, 10000, 100000],
+  w9_limit: 600,
 };
 const config = { ...defaults, ...JSON.parse(args.config) };
 // Every observeStream() subscriber listens on the run's emitter (W4 fan-out).
@@ -111,6 +117,32 @@ for (let i = 0; i < 20; i++) {
 }
 ticks = ticks.commit();
 
+// W8: bench_chain<n>, n steps in sequence, each adds 1.
+const CHAIN_LENGTHS = [10, 50, 1000];
+const chains = {};
+for (const length of CHAIN_LENGTHS) {
+  let chain = createWorkflow({ id: `bench_chain${length}`, inputSchema: Num, outputSchema: Num });
+  for (let i = 0; i < length; i++) chain = chain.then(adder(`c${String(i).padStart(4, '0')}`));
+  chains[`bench_chain${length}`] = chain.commit();
+}
+
+// W9: `items` turns {count: n} into n items {value: i}; a foreach adds 1 to each, 16 at a time.
+const FOREACH_CONCURRENCY = 16;
+const items = createStep({
+  id: 'items',
+  inputSchema: z.object({ count: z.number() }),
+  outputSchema: z.array(Num),
+  execute: async ({ inputData }) => Array.from({ length: inputData.count }, (_, value) => ({ value })),
+});
+const foreach = createWorkflow({
+  id: 'bench_foreach',
+  inputSchema: z.object({ count: z.number() }),
+  outputSchema: z.array(Num),
+})
+  .then(items)
+  .foreach(adder('add_item'), { concurrency: FOREACH_CONCURRENCY })
+  .commit();
+
 const dbFile = join(args.dbdir, 'mastra-bench.db');
 const storage =
   args.store === 'libsql'
@@ -119,13 +151,21 @@ const storage =
 const mastra = new Mastra({
   storage,
   logger: false,
-  workflows: { bench_add3: add3, bench_approve: approve, bench_steps100: steps100, bench_ticks: ticks },
+  workflows: {
+    bench_add3: add3,
+    bench_approve: approve,
+    bench_steps100: steps100,
+    bench_ticks: ticks,
+    bench_foreach: foreach,
+    ...chains,
+  },
 });
 const wf = {
   add3: mastra.getWorkflow('bench_add3'),
   approve: mastra.getWorkflow('bench_approve'),
   steps100: mastra.getWorkflow('bench_steps100'),
   ticks: mastra.getWorkflow('bench_ticks'),
+  foreach: mastra.getWorkflow('bench_foreach'),
 };
 
 // -- helpers ---------------------------------------------------------------------------------
@@ -418,6 +458,127 @@ async function w7() {
   };
 }
 
+// W8 and W9 (bench/long_runs.py): the same figure names as the Stepline driver.
+async function chainOnce(steps) {
+  const began = now();
+  try {
+    const run = await mastra.getWorkflow(`bench_chain${steps}`).createRun();
+    const result = await run.start({ inputData: { value: 0 } });
+    const elapsed = now() - began;
+    storedRuns += 1;
+    if (result.status !== 'success' || result.result?.value !== steps) {
+      fail('W8 result', `bench_chain${steps}: ${result.status}`);
+      return null;
+    }
+    return elapsed;
+  } catch (error) {
+    fail('W8 start', error?.message ?? error);
+    return null;
+  }
+}
+
+const median = (samples) => {
+  const sorted = [...samples].sort((a, b) => a - b);
+  const middle = Math.floor(sorted.length / 2);
+  return sorted.length % 2 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2;
+};
+
+async function w8() {
+  const out = {};
+  const steps = [...config.w8_steps].sort((a, b) => a - b);
+  let basePerStep = null;
+  for (const [position, length] of steps.entries()) {
+    const [warmup, runs] = position === 0 ? [config.w8_warmup, config.w8_runs] : [1, config.w8_long_runs];
+    for (let i = 0; i < warmup; i++) await chainOnce(length);
+    const seconds = [];
+    for (let i = 0; i < runs; i++) {
+      const elapsed = await chainOnce(length);
+      if (elapsed !== null) seconds.push(elapsed);
+    }
+    const name = `chain${length}`;
+    out[`${name}_runs`] = seconds.length;
+    if (seconds.length === 0) continue;
+    const perStep = (median(seconds) / length) * 1e6;
+    out[`${name}_per_step_us`] = round(perStep);
+    out[`${name}_run_p50_ms`] = round(median(seconds) * 1000, 3);
+    if (position === 0) basePerStep = perStep;
+    else if (basePerStep) out[`${name}_vs_chain${steps[0]}`] = round(perStep / basePerStep, 3);
+  }
+  return out;
+}
+
+async function foreachOnce(count) {
+  // start() with a time limit; a run past it is canceled and reported over the limit.
+  const run = await wf.foreach.createRun();
+  const began = now();
+  let timer;
+  const limit = new Promise((resolve) => {
+    timer = setTimeout(() => resolve(null), config.w9_limit * 1000);
+  });
+  let result;
+  try {
+    result = await Promise.race([run.start({ inputData: { count } }), limit]);
+  } catch (error) {
+    fail('W9 start', error?.message ?? error);
+    return { items: count };
+  } finally {
+    clearTimeout(timer);
+  }
+  storedRuns += 1;
+  if (result === null) {
+    process.stderr.write(`mastra(${args.store}): W9 ${count} items over ${config.w9_limit} s\n`);
+    await run.cancel().catch(() => {});
+    return { items: count, overLimit: true };
+  }
+  const totalS = now() - began;
+  const outputs = Array.isArray(result.result) ? result.result : [];
+  const checked = outputs.filter((item, index) => item?.value === index + 1).length;
+  if (result.status !== 'success' || checked !== count) {
+    fail('W9 result', `${count} items: ${result.status}, ${checked} ok`);
+  }
+  const readBegan = now();
+  let state;
+  try {
+    state = await wf.foreach.getWorkflowRunById(run.runId);
+  } catch (error) {
+    fail('W9 read', error?.message ?? error);
+    return { items: count, totalS, checked };
+  }
+  const readS = now() - readBegan;
+  return { items: count, totalS, checked, readS, resultBytes: Buffer.byteLength(JSON.stringify(state)) };
+}
+
+async function w9() {
+  const limitS = config.w9_limit;
+  const out = { limit_s: limitS };
+  const sizes = [...config.w9_sizes].sort((a, b) => a - b);
+  let over = false;
+  let basePerItem = null;
+  for (const [position, count] of sizes.entries()) {
+    const name = `n${count}`;
+    const timing = over ? { items: count, overLimit: true, notRun: true } : await foreachOnce(count);
+    over = Boolean(timing.overLimit);
+    out[`${name}_over_limit`] = timing.overLimit ? 1 : 0;
+    out[`${name}_not_run`] = timing.notRun ? 1 : 0;
+    if (timing.overLimit) {
+      const above = (limitS / count) * 1e6;
+      out[`${name}_total_s_above`] = limitS;
+      out[`${name}_per_item_us_above`] = round(above);
+      if (position > 0 && basePerItem) out[`${name}_vs_n${sizes[0]}_above`] = round(above / basePerItem, 3);
+    }
+    if (timing.totalS === undefined) continue;
+    const perItem = (timing.totalS / count) * 1e6;
+    out[`${name}_items`] = timing.checked;
+    out[`${name}_total_s`] = round(timing.totalS, 3);
+    out[`${name}_per_item_us`] = round(perItem);
+    if (timing.resultBytes !== undefined) out[`${name}_result_bytes`] = timing.resultBytes;
+    if (timing.readS !== undefined) out[`${name}_result_read_ms`] = round(timing.readS * 1000, 3);
+    if (position === 0) basePerItem = perItem;
+    else if (basePerItem) out[`${name}_vs_n${sizes[0]}`] = round(perItem / basePerItem, 3);
+  }
+  return out;
+}
+
 async function timed(name, fn) {
   const before = errorTotal();
   const began = now();
@@ -442,6 +603,10 @@ if (wanted.has('W6')) {
   const stored = storedRuns;
   out.W6 = await timed('W6', w1);
   out.W6.stored_runs = stored;
+}
+// Last, as in the Stepline driver.
+for (const [name, fn] of [['W8', w8], ['W9', w9]]) {
+  if (wanted.has(name)) out[name] = await timed(name, fn);
 }
 console.log(
   JSON.stringify({
