@@ -43,6 +43,8 @@ MASTRA_CACHE = CACHE / "bench-mastra"
 NODE_CACHE = CACHE / "bench-node22"
 NODE_SRC = BENCH / "node22"
 PROFILE_DIR = CACHE / "bench-profiles"
+# py-spy's output formats and the file suffix each is written with.
+PROFILE_FORMATS = {"flamegraph": ".svg", "raw": ".txt", "speedscope": ".json"}
 NODE_MIN = (22, 13)  # @mastra/core 1.71.0 declares engines.node >= 22.13.0
 WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9")
 # W9 reads the result of its largest foreach: the server may send that much (the driver's
@@ -327,9 +329,13 @@ def _redis_ping(port: int) -> bool:
         return False
 
 
+def _venv_path() -> str:
+    """PATH with this interpreter's bin directory first (the venv's scripts, not activated)."""
+    return os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+
+
 def stepline_command() -> list[str]:
-    search = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    script = shutil.which("stepline", path=search)
+    script = shutil.which("stepline", path=_venv_path())
     return [script] if script else [sys.executable, "-m", "stepline.server.cli"]
 
 
@@ -370,10 +376,14 @@ def start_server(
             *extra,
         ]  # fmt: skip
         if profile_to is not None:
-            spy = shutil.which("py-spy")
+            spy = shutil.which("py-spy", path=_venv_path())
             if spy is None:
                 raise SystemExit("bench: --profile needs py-spy: bash scripts/bootstrap.sh dev")
-            command = [spy, "record", "--rate", "250", "--output", str(profile_to), "--", *command]
+            kind = next(k for k, v in PROFILE_FORMATS.items() if v == profile_to.suffix)
+            command = [
+                spy, "record", "--rate", "250", "--format", kind,
+                "--output", str(profile_to), "--", *command,
+            ]  # fmt: skip
         log_path = workdir / f"serve-{attempt}.log"
         with log_path.open("wb") as sink:
             process = subprocess.Popen(
@@ -436,7 +446,7 @@ def run_stepline(rep: int, config: dict[str, Any], args: argparse.Namespace) -> 
     profile_to = None
     if args.profile:
         PROFILE_DIR.mkdir(parents=True, exist_ok=True)
-        profile_to = PROFILE_DIR / f"stepline-rep{rep}.svg"
+        profile_to = PROFILE_DIR / f"stepline-rep{rep}{PROFILE_FORMATS[args.profile_format]}"
     keep = args.keep_workdir
     try:
         redis, redis_port = start_redis(workdir)
@@ -833,6 +843,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="tiny counts: a smoke run")
     parser.add_argument("--json-out", type=Path, help="also write the JSON result here")
     parser.add_argument("--profile", action="store_true", help="run the server under py-spy")
+    parser.add_argument(
+        "--profile-format",
+        choices=sorted(PROFILE_FORMATS),
+        default="flamegraph",
+        help="py-spy output; raw (collapsed stacks) is what bench/profile_top.py summarises",
+    )
     parser.add_argument(
         "--server-arg", action="append", help="extra `stepline serve` flag (repeatable)"
     )
