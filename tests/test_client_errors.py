@@ -71,6 +71,7 @@ class ScriptedService(RunService):
         # One list of events (or a trailing exception) per watch call, in order.
         self.watch_script: list[list[Event | Exception]] = []
         self.watch_cursors: list[int] = []
+        self.starts: list[StartParams] = []
 
     def _raise(self) -> None:
         if self.error is not None:
@@ -86,6 +87,7 @@ class ScriptedService(RunService):
 
     async def start(self, params: StartParams) -> Started:
         self._raise()
+        self.starts.append(params)
         return Started(run_id=params.run_id or "r1", created=True, status=EngineStatus.PENDING)
 
     async def wait(
@@ -453,14 +455,44 @@ async def test_stream_continues_with_watch_after_first_event(
     assert service.watch_cursors == [0, 1]
 
 
-async def test_stream_before_first_event_does_not_guess(
+async def test_stream_before_first_event_sends_the_same_start_again(
+    client: Client, service: ScriptedService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing says whether the first start was recorded: its request id makes sending it
+    again safe (the server answers the run it started, if it did)."""
+    monkeypatch.setattr(client_module, "RECONNECT_BASE_DELAY", 0.01)
+    service.watch_script = [
+        [engine.StoreUnavailable("down")],
+        [_event(1), _event(2, EventType.WORKFLOW_FINISH)],
+    ]
+    events = [event async for event in client.stream("wf", {"n": 1})]
+    assert [e.sequence for e in events] == [1, 2]
+    first, again = service.starts
+    assert first.request_id and again == first
+
+
+async def test_resume_stream_before_first_event_does_not_guess(
+    client: Client, service: ScriptedService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resume may or may not have been applied: it is not sent twice."""
+    monkeypatch.setattr(client_module, "RECONNECT_BASE_DELAY", 0.01)
+    service.watch_script = [[engine.StoreUnavailable("down")], []]
+    with pytest.raises(Unavailable):
+        async for _ in client.resume_stream("r1", {"ok": True}):
+            pass
+    assert service.watch_cursors == [3]
+
+
+async def test_every_start_carries_a_request_id_of_its_own(
     client: Client, service: ScriptedService
 ) -> None:
-    service.watch_script = [[engine.StoreUnavailable("down")]]
-    with pytest.raises(Unavailable):
-        async for _ in client.stream("wf"):
-            pass
-    assert service.watch_cursors == [0]
+    await client.start_async("wf", {"n": 1})
+    await client.start_async("wf", {"n": 1})
+    await client.start("wf", {"n": 1}, timeout=5)
+    await client.start_async("wf", {"n": 1}, request_id="mine")
+    keys = [params.request_id for params in service.starts]
+    assert all(keys) and len(set(keys[:3])) == 3
+    assert keys[3] == "mine"
 
 
 # -- the rest of the client's edges -------------------------------------------------------------

@@ -4,6 +4,7 @@ structured details a caller acts on (ErrorInfo, BadRequest, PreconditionFailure,
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from collections.abc import Awaitable, Callable
@@ -32,6 +33,7 @@ from stepline.client import (
     StepStatus,
     WorkflowNotFound,
 )
+from stepline.server.app import Server
 from stepline.v1 import run_pb2
 from stepline.v1 import workflow_service_pb2 as pb
 
@@ -340,7 +342,7 @@ def _deep_list(levels: int) -> bytes:
     return value
 
 
-async def test_deep_nesting_has_its_own_reason(client: Client, server: Any) -> None:
+async def test_deep_nesting_has_its_own_reason(client: Client, server: Server) -> None:
     nested: Any = "bottom"
     for _ in range(40):
         nested = [nested]
@@ -415,6 +417,67 @@ async def test_retried_start_returns_the_same_run_and_runs_it_once(client: Clien
     assert [e.type for e in events].count(EventType.WORKFLOW_START) == 1
     assert [e.step_id for e in events if e.type is EventType.STEP_START] == ["add_one", "double"]
     assert [run.run_id for run in (await client.list_runs()).runs] == ["r-1"]
+
+
+async def test_request_id_alone_makes_a_retried_start_return_the_same_run(
+    client: Client,
+) -> None:
+    first = await client.start_async("sequence", {"value": 1}, request_id="req-alone")
+    again = await client.start_async("sequence", {"value": 1}, request_id="req-alone")
+    assert first.created and not again.created
+    assert again.run_id == first.run_id
+
+    # Start and Stream retried with the key answer that run too, and start nothing.
+    blocking = await client.start("sequence", {"value": 1}, request_id="req-alone")
+    assert blocking.run_id == first.run_id
+    assert blocking.status is RunStatus.SUCCESS and blocking.result == {"value": 4}
+    streamed = await collect(client.stream("sequence", {"value": 1}, request_id="req-alone"))
+    assert {e.run_id for e in streamed} == {first.run_id}
+    assert [e.type for e in streamed].count(EventType.WORKFLOW_START) == 1
+
+    # The first start wins: a retry whose input differs gets the first run, unchanged (as a
+    # retry with the same run_id and request_id does).
+    other_input = await client.start("sequence", {"value": 50}, request_id="req-alone")
+    assert other_input == blocking and other_input.input == {"value": 1}
+
+    # The key is per workflow, and another key is another start.
+    elsewhere = await client.start_async("approval", {}, request_id="req-alone")
+    fresh = await client.start_async("sequence", {"value": 1}, request_id="req-other")
+    assert elsewhere.created and fresh.created
+    assert len({first.run_id, elsewhere.run_id, fresh.run_id}) == 3
+    listed = sorted(run.run_id for run in (await client.list_runs()).runs)
+    assert listed == sorted([first.run_id, elsewhere.run_id, fresh.run_id])
+
+    # Deduplication lasts as long as the run is kept: once it is gone the key is free again.
+    await client.delete_run(first.run_id)
+    restarted = await client.start_async("sequence", {"value": 2}, request_id="req-alone")
+    assert restarted.created
+    assert (await settled(client, restarted.run_id)).result == {"value": 6}
+
+
+async def test_racing_starts_with_one_request_id_make_one_run(
+    server: Server, client: Client
+) -> None:
+    """Two replicas on one store, ten identical starts at once, spread over both."""
+    second = await Server.start(server.settings, store=server.store)  # on port 0 too
+    other = await Client.connect(second.target)
+    try:
+        starts = [
+            (client if index % 2 else other).start_async(
+                "sequence", {"value": 3}, request_id="req-race"
+            )
+            for index in range(10)
+        ]
+        answers = await asyncio.gather(*starts)
+        assert len({answer.run_id for answer in answers}) == 1
+        assert sum(answer.created for answer in answers) == 1
+        [run] = (await client.list_runs()).runs
+        assert (await settled(client, run.run_id)).result == {"value": 8}
+        events = await collect(client.watch(run.run_id))
+        assert [e.type for e in events].count(EventType.WORKFLOW_START) == 1
+    finally:
+        await other.close()
+        await second.stop(grace=1)  # closes the shared store: last
 
 
 # -- FAILED_PRECONDITION and resume data ---------------------------------------------------------

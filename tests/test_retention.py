@@ -71,3 +71,16 @@ async def test_a_watch_from_before_the_kept_events_is_out_of_range(client: Clien
 
     replayed = [e.sequence async for e in client.watch(done.run_id, after_sequence=first_kept - 1)]
     assert replayed == list(range(first_kept, done.last_sequence + 1))
+
+
+async def test_a_request_id_deduplicates_starts_while_its_run_is_kept(client: Client) -> None:
+    first = await client.start("sequence", {"value": 1}, request_id="req-kept", timeout=BOUND)
+    retry = await client.start_async("sequence", {"value": 1}, request_id="req-kept")
+    assert (retry.run_id, retry.created) == (first.run_id, False)
+
+    await asyncio.sleep(RETENTION + 0.5)
+
+    later = await client.start_async("sequence", {"value": 1}, request_id="req-kept")
+    assert later.created  # the first run was forgotten, and its key with it
+    done = await client.get_result(later.run_id, wait=BOUND, timeout=BOUND + 2)
+    assert done.status is RunStatus.SUCCESS

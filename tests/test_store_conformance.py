@@ -122,6 +122,20 @@ async def test_create_of_an_existing_id_returns_it_and_writes_nothing(store: Sto
     assert (await store.list_runs(RunFilter(workflow_id="other"), 10, "")).rows == []
 
 
+async def test_racing_creates_of_one_id_make_one_run(store: Store) -> None:
+    """What deduplicates a retried start on every replica at once (a start with only a
+    request id names its run by that id): one create wins, every other gets its run."""
+    outcomes = await asyncio.gather(
+        *(store.create(snapshot(input=i, request_id="req-1")) for i in range(20))
+    )
+
+    winners = [outcome for outcome in outcomes if outcome.created]
+    assert len(winners) == 1
+    assert all(outcome.run == winners[0].run for outcome in outcomes)
+    assert (await get(store)).snapshot.input == winners[0].run.snapshot.input
+    assert [item.run_id for item in await store.dequeue("c1", 30, 0)] == ["run-1"]
+
+
 async def test_tricky_run_ids_do_not_collide(store: Store) -> None:
     for i, run_id in enumerate(TRICKY_IDS):
         assert (await store.create(snapshot(run_id, input=i))).created

@@ -9,7 +9,9 @@ async with await Client.connect("localhost:50051") as client:
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
@@ -56,6 +58,13 @@ RECONNECT_MAX_DELAY = 2.0
 def _reconnect_delay(attempt: int) -> float:
     delay = min(RECONNECT_MAX_DELAY, RECONNECT_BASE_DELAY * 2.0 ** (attempt - 1))
     return delay * random.uniform(0.5, 1.0)
+
+
+def _request_id(given: str) -> str:
+    """The caller's idempotency key, or a new one: every start carries a key, so that sending
+    it again (the client's own retry of a stream that dropped before its first event, or a
+    caller's retry with the same key) answers the run the first one started."""
+    return given or uuid.uuid4().hex
 
 
 def _step_path(step: str | Sequence[str] | None) -> list[str]:
@@ -171,8 +180,10 @@ class Client:
         """Start a run and wait until it settles (success, failed, canceled, suspended or
         paused).
 
-        `run_id` lets the caller choose the id; with `request_id` a retried start returns
-        the same run instead of starting a new one. `include_state` returns the run's state,
+        `run_id` lets the caller choose the id. `request_id` is the start's idempotency key
+        (one is made up when it is left out): a start retried with the same key, on any
+        server, returns the run the first one started instead of starting another, for as
+        long as that run is kept. `include_state` returns the run's state,
         and the run remembers it: every later result and finish event of the run carries the
         state. `per_step` runs only the first top-level step, then the run is PAUSED;
         continue it one step at a time with `time_travel(run_id, next_step, per_step=True)`.
@@ -188,7 +199,7 @@ class Client:
             tracing_options=run_pb2.TracingOptions(
                 trace_id=trace_id, metadata=_struct_or_none(trace_metadata)
             ),
-            request_id=request_id,
+            request_id=_request_id(request_id),
             output_options=run_pb2.OutputOptions(include_state=include_state),
             per_step=per_step,
         )
@@ -213,7 +224,8 @@ class Client:
         timeout: float | None = None,
     ) -> StartedRun:
         """Start a run and return as soon as it is recorded durably (not when it finishes).
-        `include_state` and `per_step` as for `start`."""
+        `request_id`, `include_state` and `per_step` as for `start`; `created` is False when
+        the key had already started the run."""
         request = pb.StartAsyncRequest(
             workflow_id=workflow_id,
             run_id=run_id,
@@ -224,7 +236,7 @@ class Client:
             tracing_options=run_pb2.TracingOptions(
                 trace_id=trace_id, metadata=_struct_or_none(trace_metadata)
             ),
-            request_id=request_id,
+            request_id=_request_id(request_id),
             output_options=run_pb2.OutputOptions(include_state=include_state),
             per_step=per_step,
         )
@@ -252,11 +264,12 @@ class Client:
         reconnect: bool = True,
     ) -> AsyncIterator[RunEvent]:
         """Start a run and yield its events until it settles (or, with
-        `keep_open_on_suspend`, until it finishes). `include_state` and `per_step` as for
-        `start`.
+        `keep_open_on_suspend`, until it finishes). `request_id`, `include_state` and
+        `per_step` as for `start`.
 
-        After the first event, a dropped connection is picked up with `watch` from the last
-        event seen (when `reconnect`), so no event is missed or repeated.
+        A dropped connection (when `reconnect`) is picked up with `watch` from the last event
+        seen, so no event is missed or repeated; before the first event, the same start is
+        sent again: its request id makes it answer the same run.
         """
         request = pb.StreamRequest(
             workflow_id=workflow_id,
@@ -268,16 +281,21 @@ class Client:
             tracing_options=run_pb2.TracingOptions(
                 trace_id=trace_id, metadata=_struct_or_none(trace_metadata)
             ),
-            request_id=request_id,
+            request_id=_request_id(request_id),
             keep_open_on_suspend=keep_open_on_suspend,
             output_options=run_pb2.OutputOptions(include_state=include_state),
             per_step=per_step,
         )
+
+        def open_stream() -> Any:
+            return self._stub.Stream(request, metadata=self._metadata)
+
         return self._follow(
-            lambda: self._stub.Stream(request, metadata=self._metadata),
+            open_stream,
             after_sequence=0,
             keep_open_on_suspend=keep_open_on_suspend,
             reconnect=reconnect,
+            resend=open_stream,
         )
 
     # -- resume --------------------------------------------------------------------------------
@@ -588,12 +606,15 @@ class Client:
         after_sequence: int,
         keep_open_on_suspend: bool,
         reconnect: bool,
+        resend: Callable[[], Any] | None = None,
     ) -> AsyncIterator[RunEvent]:
         """Yield events from the stream `open_call` opens; on UNAVAILABLE, carry on with a
         Watch from the last delivered sequence, so the caller sees no gap and no repeat.
 
-        `run_id` is None while the run is not known to exist yet (a Stream before its first
-        event): then there is nothing to watch and the error is raised instead.
+        `run_id` is None while the run is not known to exist yet (a stream before its first
+        event): then there is nothing to watch, and the call is sent again with `resend` (a
+        start, which its request id makes safe to repeat) or the error is raised (a resume
+        or time travel, which may or may not have been applied).
         """
         cursor = after_sequence
         attempt = 0
@@ -609,11 +630,15 @@ class Client:
                         yield event
                 return
             except Unavailable:
-                if not reconnect or run_id is None or attempt >= RECONNECT_ATTEMPTS:
+                again = (
+                    resend
+                    if run_id is None
+                    else functools.partial(self._watch_call, run_id, cursor, keep_open_on_suspend)
+                )
+                if not reconnect or again is None or attempt >= RECONNECT_ATTEMPTS:
                     raise
                 attempt += 1
-                watched = run_id
             finally:
                 call.cancel()  # a no-op once the call is done; ends it if the caller stopped early
             await asyncio.sleep(_reconnect_delay(attempt))
-            call = self._watch_call(watched, cursor, keep_open_on_suspend)
+            call = again()

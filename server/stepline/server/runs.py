@@ -42,6 +42,8 @@ from .workflows import (
 )
 
 _TRACE_ID = re.compile(r"[0-9a-fA-F]{1,32}")
+# Names the run of a start that carries a request id and no run id (see `_run_id_for`).
+_REQUEST_NAMESPACE = uuid.UUID("5d0f3c1e-8a4b-4f61-9e2d-7b1c6a0e4f93")
 _MAX_ID_LENGTH = 256
 # How long one blocking read of the log lasts before a watch re-checks the run still exists.
 _TAIL_BLOCK = 15.0
@@ -244,7 +246,7 @@ class RunService:
         if violations:
             raise InvalidArgument(f"invalid start request for workflow {workflow.id!r}", violations)
         return Snapshot(
-            run_id=params.run_id or uuid.uuid4().hex,
+            run_id=params.run_id or _run_id_for(workflow.id, params.request_id),
             workflow_id=workflow.id,
             resource_id=params.resource_id,
             request_id=params.request_id,
@@ -485,6 +487,16 @@ class RunService:
             raise Conflict(snap.run_id) from None
         await self._dispatch(snap.run_id)
         return Resumed(snap.run_id, RunStatus.RUNNING, stored.last_sequence)
+
+
+def _run_id_for(workflow_id: str, request_id: str) -> str:
+    """The id of a run started without a run id: derived from the request id when there is
+    one, so that every retry of that start (on any replica, until the run is forgotten)
+    names the same run and the store's create-if-absent makes it once; random otherwise."""
+    if not request_id:
+        return uuid.uuid4().hex
+    # Neither id holds control characters (`_check_id`), so the NUL keeps the pair apart.
+    return uuid.uuid5(_REQUEST_NAMESPACE, f"{workflow_id}\0{request_id}").hex
 
 
 def _check_id(value: str, field_name: str, violations: list[FieldViolation]) -> None:
