@@ -84,7 +84,7 @@ func (c *Client) Start(ctx context.Context, workflowID string, input any, opts .
 		WorkflowId:    workflowID,
 		RunId:         o.runID,
 		ResourceId:    o.resourceID,
-		RequestId:     o.requestID,
+		RequestId:     o.startRequestID(),
 		OutputOptions: &pb.OutputOptions{IncludeState: o.includeState},
 	}
 	if err := o.fill(input, &req.InputData, &req.InitialState, &req.RequestContext, &req.TracingOptions); err != nil {
@@ -104,7 +104,7 @@ func (c *Client) StartAsync(ctx context.Context, workflowID string, input any, o
 		WorkflowId: workflowID,
 		RunId:      o.runID,
 		ResourceId: o.resourceID,
-		RequestId:  o.requestID,
+		RequestId:  o.startRequestID(),
 	}
 	if err := o.fill(input, &req.InputData, &req.InitialState, &req.RequestContext, &req.TracingOptions); err != nil {
 		return nil, err

@@ -84,30 +84,33 @@ func (c *Client) Watch(ctx context.Context, runID string, opts ...Option) iter.S
 	open := func(ctx context.Context) (recvFunc, error) {
 		return c.openWatch(ctx, runID, o.afterSequence, o.keepOpenOnSuspend)
 	}
-	return c.follow(ctx, runID, o, open)
+	return c.follow(ctx, runID, o, open, nil)
 }
 
 // Stream starts a run and yields its events until it settles (or, with
-// KeepOpenOnSuspend, until it finishes). After the first event a dropped connection is
-// picked up with a Watch from the last event seen, as in Watch.
+// KeepOpenOnSuspend, until it finishes). A dropped connection is picked up with a Watch
+// from the last event seen, as in Watch; before the first event the same start is sent
+// again, which its request id (see WithRequestID) makes answer the same run.
 func (c *Client) Stream(ctx context.Context, workflowID string, input any, opts ...Option) iter.Seq2[*pb.RunEvent, error] {
 	o := collect(opts)
+	// Built once, so that sending it again carries the same request id.
+	req := &pb.StreamRequest{
+		WorkflowId:        workflowID,
+		RunId:             o.runID,
+		ResourceId:        o.resourceID,
+		RequestId:         o.startRequestID(),
+		KeepOpenOnSuspend: o.keepOpenOnSuspend,
+	}
+	invalid := o.fill(input, &req.InputData, &req.InitialState, &req.RequestContext, &req.TracingOptions)
 	open := func(ctx context.Context) (recvFunc, error) {
-		req := &pb.StreamRequest{
-			WorkflowId:        workflowID,
-			RunId:             o.runID,
-			ResourceId:        o.resourceID,
-			RequestId:         o.requestID,
-			KeepOpenOnSuspend: o.keepOpenOnSuspend,
-		}
-		if err := o.fill(input, &req.InputData, &req.InitialState, &req.RequestContext, &req.TracingOptions); err != nil {
-			return nil, err
+		if invalid != nil {
+			return nil, invalid
 		}
 		stream, err := c.raw.Stream(ctx, req)
 		return receiver(stream, err)
 	}
 	o.afterSequence = 0
-	return c.follow(ctx, "", o, open)
+	return c.follow(ctx, "", o, open, open)
 }
 
 // ResumeStream resumes a suspended run and yields the continuation's events until it
@@ -134,8 +137,8 @@ func (c *Client) ResumeStream(ctx context.Context, runID string, data any, opts 
 	}
 	o.afterSequence = 0
 	// Until the first event arrives it is unknown whether the resume was applied, so there
-	// is nothing safe to watch: the run id is learnt from that event.
-	return c.follow(ctx, "", o, open)
+	// is nothing safe to watch or to send again: the run id is learnt from that event.
+	return c.follow(ctx, "", o, open, nil)
 }
 
 type recvFunc func() (*pb.RunEvent, error)
@@ -167,9 +170,12 @@ func (c *Client) openWatch(ctx context.Context, runID string, after int64, keepO
 
 // follow yields events from the call open starts; on UNAVAILABLE it carries on with a
 // Watch from the last delivered sequence. runID is "" while the run is not known to exist
-// (a Stream before its first event): then the error is returned instead.
+// (a stream before its first event): then the call is sent again with resend (a start,
+// which its request id makes safe to repeat), or, when resend is nil, the error is
+// returned instead.
 func (c *Client) follow(
-	ctx context.Context, runID string, o callOptions, open func(context.Context) (recvFunc, error),
+	ctx context.Context, runID string, o callOptions,
+	open, resend func(context.Context) (recvFunc, error),
 ) iter.Seq2[*pb.RunEvent, error] {
 	return func(yield func(*pb.RunEvent, error) bool) {
 		cursor := o.afterSequence
@@ -196,7 +202,7 @@ func (c *Client) follow(
 			if errors.Is(err, io.EOF) {
 				return
 			}
-			if o.noReconnect || runID == "" || status.Code(err) != codes.Unavailable ||
+			if o.noReconnect || (runID == "" && resend == nil) || status.Code(err) != codes.Unavailable ||
 				attempt >= reconnectAttempts || ctx.Err() != nil {
 				yield(nil, fromGRPC(err))
 				return
@@ -208,7 +214,11 @@ func (c *Client) follow(
 				yield(nil, ctx.Err())
 				return
 			}
-			recv, err = c.openWatch(callCtx, runID, cursor, o.keepOpenOnSuspend)
+			if runID == "" {
+				recv, err = resend(callCtx)
+			} else {
+				recv, err = c.openWatch(callCtx, runID, cursor, o.keepOpenOnSuspend)
+			}
 		}
 	}
 }

@@ -1,6 +1,8 @@
 package stepline
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"time"
 
 	"google.golang.org/grpc"
@@ -67,9 +69,24 @@ func WithRunID(runID string) Option { return func(o *callOptions) { o.runID = ru
 // WithResourceID tags a started run with a resource id.
 func WithResourceID(id string) Option { return func(o *callOptions) { o.resourceID = id } }
 
-// WithRequestID makes a start idempotent: a retry with the same run id and request id
-// returns the same run and starts nothing new.
+// WithRequestID sets the idempotency key of a start: a start sent again with the same key
+// (to any server, for as long as the run it started is kept) returns that run and starts
+// nothing new. Without it every start gets a random key of its own, which the client reuses
+// when it sends the same start again (a Stream that dropped before its first event).
 func WithRequestID(id string) Option { return func(o *callOptions) { o.requestID = id } }
+
+// startRequestID is the caller's idempotency key, or a new random one (a version 4 UUID in
+// hex): every start carries a key, so sending it again answers the run it started.
+func (o callOptions) startRequestID() string {
+	if o.requestID != "" {
+		return o.requestID
+	}
+	var id [16]byte
+	_, _ = rand.Read(id[:]) // crypto/rand.Read does not fail (it crashes the program instead)
+	id[6] = id[6]&0x0f | 0x40
+	id[8] = id[8]&0x3f | 0x80
+	return hex.EncodeToString(id[:])
+}
 
 // WithInitialState sets the run's initial workflow state.
 func WithInitialState(state map[string]any) Option {
