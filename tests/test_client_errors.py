@@ -43,6 +43,7 @@ from stepline.server.model import Event, EventType, Snapshot
 from stepline.server.model import RunStatus as EngineStatus
 from stepline.server.runs import (
     Canceled,
+    RestartParams,
     Resumed,
     ResumeParams,
     RunService,
@@ -130,7 +131,7 @@ class ScriptedService(RunService):
             if item.sequence > after_sequence:
                 yield item
 
-    async def restart(self, run_id: str) -> StoredRun:
+    async def restart(self, params: RestartParams) -> StoredRun:
         self._raise()
         raise engine.Unimplemented("restart is not implemented yet")
 

@@ -13,7 +13,7 @@ from stepline.client import RunStatus as ClientStatus
 from stepline.server.app import Server
 from stepline.server.errors import FailedPrecondition, ShuttingDown
 from stepline.server.model import Event, EventType, RunStatus, StepRecord, StepStatus, now
-from stepline.server.runs import RunService, StartParams
+from stepline.server.runs import RestartParams, RunService, StartParams
 from stepline.server.settings import Settings
 from stepline.server.store import Store
 from stepline.server.worker import Worker
@@ -64,13 +64,13 @@ async def test_restart_redrives_an_orphan_and_refuses_a_held_run(store: Store) -
     service = RunService(store, registry())
     run_id = await orphan(store, service, "sequence", 2)
     with pytest.raises(FailedPrecondition) as info:
-        await service.restart(run_id)  # the dead replica's lease has not expired yet
+        await service.restart(RestartParams(run_id))  # the dead replica's lease is live
     assert info.value.reason == "RUN_HELD"
     await asyncio.sleep(0.4)
     worker = Worker(store, registry(), lease_ttl=5.0, poll_block=0.1)
     await worker.start()
     try:
-        done = await asyncio.wait_for(service.restart(run_id), 10)
+        done = await asyncio.wait_for(service.restart(RestartParams(run_id)), 10)
     finally:
         await worker.stop(grace=1.0)
     assert done.snapshot.status is RunStatus.SUCCESS and done.snapshot.result == {"value": 6}

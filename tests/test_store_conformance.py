@@ -37,7 +37,7 @@ from stepline.server.store.keys import Keys, encode
 
 PENDING, RUNNING, WAITING = RunStatus.PENDING, RunStatus.RUNNING, RunStatus.WAITING
 SUSPENDED, SUCCESS = RunStatus.SUSPENDED, RunStatus.SUCCESS
-FAILED, CANCELED = RunStatus.FAILED, RunStatus.CANCELED
+FAILED, CANCELED, PAUSED = RunStatus.FAILED, RunStatus.CANCELED, RunStatus.PAUSED
 
 # Ids that would collide or escape their hash tag under a naive key layout.
 TRICKY_IDS = [
@@ -414,7 +414,7 @@ async def test_acquire_takes_an_unheld_active_run(store: Store, status: RunStatu
     assert lease.run.snapshot.status is status
 
 
-@pytest.mark.parametrize("status", [SUSPENDED, SUCCESS, FAILED, CANCELED])
+@pytest.mark.parametrize("status", [SUSPENDED, PAUSED, SUCCESS, FAILED, CANCELED])
 async def test_acquire_refuses_a_settled_run(store: Store, status: RunStatus) -> None:
     run = await create(store)
     await store.write(snapshot(status=status), expected_version=run.version)
@@ -489,9 +489,10 @@ async def test_recover_pages_through_every_due_entry(store: Store) -> None:
     assert await store.recover(time.time(), grace=30, limit=1000) == []  # moved on by grace
 
 
-async def test_a_settled_run_leaves_the_watchdog(store: Store) -> None:
+@pytest.mark.parametrize("status", [SUCCESS, SUSPENDED, PAUSED])
+async def test_a_settled_run_leaves_the_watchdog(store: Store, status: RunStatus) -> None:
     fence = await held(store, ttl=0.01)
-    await store.write(snapshot(status=SUCCESS), events("done"), fence=fence, release=True)
+    await store.write(snapshot(status=status), events("done"), fence=fence, release=True)
     await asyncio.sleep(0.05)
     # Due at once if it were still watched; nothing is recovered, nothing re-queued.
     assert await store.recover(time.time() + 3600, grace=30) == []

@@ -86,6 +86,7 @@ func (c *Client) Start(ctx context.Context, workflowID string, input any, opts .
 		ResourceId:    o.resourceID,
 		RequestId:     o.startRequestID(),
 		OutputOptions: &pb.OutputOptions{IncludeState: o.includeState},
+		PerStep:       o.perStep,
 	}
 	if err := o.fill(input, &req.InputData, &req.InitialState, &req.RequestContext, &req.TracingOptions); err != nil {
 		return nil, err
@@ -101,10 +102,12 @@ func (c *Client) Start(ctx context.Context, workflowID string, input any, opts .
 func (c *Client) StartAsync(ctx context.Context, workflowID string, input any, opts ...Option) (*pb.StartAsyncResponse, error) {
 	o := collect(opts)
 	req := &pb.StartAsyncRequest{
-		WorkflowId: workflowID,
-		RunId:      o.runID,
-		ResourceId: o.resourceID,
-		RequestId:  o.startRequestID(),
+		WorkflowId:    workflowID,
+		RunId:         o.runID,
+		ResourceId:    o.resourceID,
+		RequestId:     o.startRequestID(),
+		OutputOptions: &pb.OutputOptions{IncludeState: o.includeState},
+		PerStep:       o.perStep,
 	}
 	if err := o.fill(input, &req.InputData, &req.InitialState, &req.RequestContext, &req.TracingOptions); err != nil {
 		return nil, err
@@ -145,6 +148,7 @@ func (c *Client) Resume(ctx context.Context, runID string, data any, opts ...Opt
 		Label:         o.label,
 		ForEachIndex:  o.forEachIndex,
 		OutputOptions: &pb.OutputOptions{IncludeState: o.includeState},
+		PerStep:       o.perStep,
 	}
 	var err error
 	if req.ResumeData, err = toValue(data); err != nil {
@@ -164,7 +168,10 @@ func (c *Client) Resume(ctx context.Context, runID string, data any, opts ...Opt
 // AfterSequence(res.GetAfterSequence()) to follow the continuation.
 func (c *Client) ResumeAsync(ctx context.Context, runID string, data any, opts ...Option) (*pb.ResumeAsyncResponse, error) {
 	o := collect(opts)
-	req := &pb.ResumeAsyncRequest{RunId: runID, Step: o.step, Label: o.label, ForEachIndex: o.forEachIndex}
+	req := &pb.ResumeAsyncRequest{
+		RunId: runID, Step: o.step, Label: o.label, ForEachIndex: o.forEachIndex,
+		OutputOptions: &pb.OutputOptions{IncludeState: o.includeState}, PerStep: o.perStep,
+	}
 	var err error
 	if req.ResumeData, err = toValue(data); err != nil {
 		return nil, err

@@ -29,7 +29,8 @@ func reconnectDelay(attempt int) time.Duration {
 
 // EventType names an event's payload as Mastra does: "workflow-start", "step-start",
 // "step-output", "step-progress", "step-result", "step-suspended", "step-waiting",
-// "workflow-canceled", "workflow-finish"; "" for a payload this client does not know.
+// "workflow-canceled", "workflow-paused", "workflow-finish"; "" for a payload this client
+// does not know.
 func EventType(ev *pb.RunEvent) string {
 	switch ev.GetPayload().(type) {
 	case *pb.RunEvent_WorkflowStart:
@@ -48,6 +49,8 @@ func EventType(ev *pb.RunEvent) string {
 		return "step-waiting"
 	case *pb.RunEvent_WorkflowCanceled:
 		return "workflow-canceled"
+	case *pb.RunEvent_WorkflowPaused:
+		return "workflow-paused"
 	case *pb.RunEvent_WorkflowFinish:
 		return "workflow-finish"
 	}
@@ -100,6 +103,8 @@ func (c *Client) Stream(ctx context.Context, workflowID string, input any, opts 
 		ResourceId:        o.resourceID,
 		RequestId:         o.startRequestID(),
 		KeepOpenOnSuspend: o.keepOpenOnSuspend,
+		OutputOptions:     &pb.OutputOptions{IncludeState: o.includeState},
+		PerStep:           o.perStep,
 	}
 	invalid := o.fill(input, &req.InputData, &req.InitialState, &req.RequestContext, &req.TracingOptions)
 	open := func(ctx context.Context) (recvFunc, error) {
@@ -124,6 +129,8 @@ func (c *Client) ResumeStream(ctx context.Context, runID string, data any, opts 
 			Label:             o.label,
 			ForEachIndex:      o.forEachIndex,
 			KeepOpenOnSuspend: o.keepOpenOnSuspend,
+			OutputOptions:     &pb.OutputOptions{IncludeState: o.includeState},
+			PerStep:           o.perStep,
 		}
 		var err error
 		if req.ResumeData, err = toValue(data); err != nil {

@@ -53,6 +53,7 @@ type callOptions struct {
 	afterSequence     int64
 	keepOpenOnSuspend bool
 	noReconnect       bool
+	perStep           bool
 }
 
 func collect(opts []Option) callOptions {
@@ -103,7 +104,9 @@ func WithTrace(traceID string, metadata map[string]any) Option {
 	return func(o *callOptions) { o.traceID, o.traceMetadata = traceID, metadata }
 }
 
-// IncludeState asks for the run's state in the returned RunResult.
+// IncludeState asks for the run's state in the returned RunResult. The run remembers it:
+// every later result and finish event of the run carries the state (Start, StartAsync,
+// Stream, Resume, ResumeAsync, ResumeStream).
 func IncludeState() Option { return func(o *callOptions) { o.includeState = true } }
 
 // WithStep names the suspended step to resume: one step id, or a path through nested
@@ -129,6 +132,11 @@ func AfterSequence(sequence int64) Option {
 
 // KeepOpenOnSuspend keeps Watch and Stream open across suspensions until the run finishes.
 func KeepOpenOnSuspend() Option { return func(o *callOptions) { o.keepOpenOnSuspend = true } }
+
+// PerStep makes a start or resume run one top-level step only: the run is then
+// RUN_STATUS_PAUSED, and a TimeTravel to the next step with per_step set continues it one
+// step at a time (Start, StartAsync, Stream, Resume, ResumeAsync, ResumeStream).
+func PerStep() Option { return func(o *callOptions) { o.perStep = true } }
 
 // WithoutReconnect makes Watch and Stream end with the error when the connection drops,
 // instead of reconnecting from the last delivered sequence.

@@ -71,8 +71,16 @@ export interface StartOptions extends CallControl {
   /** 1 to 32 hex characters. */
   traceId?: string;
   traceMetadata?: JsonObject;
-  /** Return the run's state in the result (`start` only). */
+  /**
+   * Return the run's state in the result; the run remembers it, so every later result and
+   * finish event of the run carries the state.
+   */
   includeState?: boolean;
+  /**
+   * Run the first top-level step only: the run is then PAUSED, and a timeTravel to the
+   * next step with `perStep: true` (through `raw`) continues it one step at a time.
+   */
+  perStep?: boolean;
 }
 
 /** Options of `resume`, `resumeAsync` and `resumeStream`. */
@@ -83,7 +91,10 @@ export interface ResumeOptions extends CallControl {
   label?: string;
   requestContext?: JsonObject;
   forEachIndex?: number;
+  /** As for `start`: remembered by the run. */
   includeState?: boolean;
+  /** Pause (PAUSED) after the top-level step that holds the resumed one. */
+  perStep?: boolean;
 }
 
 /** Options of `watch` (and the streaming part of `stream` / `resumeStream`). */
@@ -163,6 +174,8 @@ function startFields(workflowId: string, input: JsonValue | undefined, o: StartO
     initialState: o.initialState,
     requestContext: o.requestContext,
     tracingOptions: { traceId: o.traceId ?? "", metadata: o.traceMetadata },
+    outputOptions: { includeState: o.includeState ?? false },
+    perStep: o.perStep ?? false,
   };
 }
 
@@ -174,6 +187,8 @@ function resumeFields(runId: string, data: JsonValue | undefined, o: ResumeOptio
     resumeData: value(data),
     requestContext: o.requestContext,
     forEachIndex: o.forEachIndex,
+    outputOptions: { includeState: o.includeState ?? false },
+    perStep: o.perStep ?? false,
   };
 }
 
@@ -221,10 +236,7 @@ export class Client {
 
   /** Start a run and wait until it settles (success, failed, canceled or suspended). */
   async start(workflowId: string, input?: JsonValue, options: StartOptions = {}): Promise<RunResult> {
-    const request = {
-      ...startFields(workflowId, input, options),
-      outputOptions: { includeState: options.includeState ?? false },
-    };
+    const request = startFields(workflowId, input, options);
     const response = await translated(() => this.raw.start(request, callOptions(options)));
     return response.result ?? missing("StartResponse.result");
   }
@@ -259,10 +271,7 @@ export class Client {
 
   /** Resume a suspended run with `data` and wait until it settles again. */
   async resume(runId: string, data?: JsonValue, options: ResumeOptions = {}): Promise<RunResult> {
-    const request = {
-      ...resumeFields(runId, data, options),
-      outputOptions: { includeState: options.includeState ?? false },
-    };
+    const request = resumeFields(runId, data, options);
     const response = await translated(() => this.raw.resume(request, callOptions(options)));
     return response.result ?? missing("ResumeResponse.result");
   }

@@ -96,6 +96,8 @@ class Kind(Enum):
     FAILED = "failed"
     BAILED = "bailed"
     CANCELED = "canceled"
+    # A per_step pass stopped after its top-level entry (only `walk` of the run returns it).
+    PAUSED = "paused"
 
 
 @dataclass(frozen=True)
@@ -416,8 +418,9 @@ class Execution:
         snap.status = status
         snap.active_steps.clear()
         snap.pending_resume = None
+        snap.pause_after = None  # a per_step request covers one pass
         events: list[Event] = []
-        data: dict[str, Any] = {"status": status.value}
+        data = snap.finish_data()
         if status is RunStatus.SUCCESS:
             snap.result = outcome.value
             data["result"] = outcome.value
@@ -427,6 +430,10 @@ class Execution:
         elif status is RunStatus.SUSPENDED:
             snap.resumed_since_suspend = False
             data["suspended"] = [leaf.model_dump() for leaf in snap.suspended_leaves()]
+        elif status is RunStatus.PAUSED:
+            # Not suspended: a resume is refused as such, not as a lost race.
+            snap.resumed_since_suspend = False
+            events.append(Event(type=EventType.WORKFLOW_PAUSED))
         else:
             events.append(Event(type=EventType.WORKFLOW_CANCELED))
         events.append(Event(type=EventType.WORKFLOW_FINISH, data=data))
@@ -436,8 +443,10 @@ class Execution:
     # -- the walk --------------------------------------------------------------------------
     async def walk(self) -> Outcome:
         """Run the graph's entries in order from the snapshot; stop at the first that does
-        not complete."""
+        not complete, or (per_step) after the entry the snapshot names, unless it is the
+        last."""
         value: Any = self.snap.input
+        last = len(self.workflow.nodes) - 1
         for index, node in enumerate(self.workflow.nodes):
             if self.cancel_event.is_set():
                 return Outcome(Kind.CANCELED)
@@ -448,6 +457,9 @@ class Execution:
             if outcome.kind is not Kind.OK:
                 return outcome
             value = outcome.value
+            paused = index == self.snap.pause_after and index < last
+            if paused and not self.cancel_event.is_set():  # a cancel wins: it ends the run
+                return Outcome(Kind.PAUSED, value)
         if self.cancel_event.is_set():
             return Outcome(Kind.CANCELED)
         return Outcome(Kind.OK, value)
@@ -1097,6 +1109,7 @@ def _settled_status(kind: Kind) -> RunStatus:
         Kind.FAILED: RunStatus.FAILED,
         Kind.SUSPENDED: RunStatus.SUSPENDED,
         Kind.CANCELED: RunStatus.CANCELED,
+        Kind.PAUSED: RunStatus.PAUSED,
     }[kind]
 
 

@@ -26,6 +26,8 @@ class RunStatus(StrEnum):
     SUCCESS = "success"
     FAILED = "failed"
     CANCELED = "canceled"
+    # A per_step pass ran its one top-level step; a time travel continues the run.
+    PAUSED = "paused"
 
     @property
     def finished(self) -> bool:
@@ -33,8 +35,8 @@ class RunStatus(StrEnum):
 
     @property
     def settled(self) -> bool:
-        """Finished or suspended: nothing runs until a caller acts."""
-        return self in _FINISHED or self is RunStatus.SUSPENDED
+        """Finished, suspended or paused: nothing runs until a caller acts."""
+        return self in _FINISHED or self in _PARKED
 
     @property
     def active(self) -> bool:
@@ -42,6 +44,7 @@ class RunStatus(StrEnum):
 
 
 _FINISHED = frozenset({RunStatus.SUCCESS, RunStatus.FAILED, RunStatus.CANCELED})
+_PARKED = frozenset({RunStatus.SUSPENDED, RunStatus.PAUSED})
 
 
 class StepStatus(StrEnum):
@@ -95,6 +98,13 @@ class SuspendedLeaf(BaseModel):
     labels: list[str] = Field(default_factory=list)
 
 
+class OutputOptions(BaseModel):
+    """What the run's results and finish events carry beyond the defaults. Requests only
+    switch options on (a request that asks for the state makes the run remember it)."""
+
+    include_state: bool = False
+
+
 class PendingResume(BaseModel):
     """Written by a resume claim; consumed by the executor on the resume pass."""
 
@@ -115,6 +125,9 @@ class Snapshot(BaseModel):
     request_context: dict[str, Any] = Field(default_factory=dict)
     trace_id: str = ""
     trace_metadata: dict[str, Any] = Field(default_factory=dict)
+    output_options: OutputOptions = Field(default_factory=OutputOptions)
+    # Set by a per_step request: the top-level entry (index) after which the pass pauses.
+    pause_after: int | None = None
     steps: dict[str, StepRecord] = Field(default_factory=dict)
     step_execution_path: list[str] = Field(default_factory=list)
     # step id -> graph position (entry index, child index...) of steps currently executing.
@@ -160,6 +173,14 @@ class Snapshot(BaseModel):
                 )
             )
         return leaves
+
+    def finish_data(self) -> dict[str, Any]:
+        """What every workflow-finish event of the run's current status starts with: the
+        status, and the state when the run's output options ask for it."""
+        data: dict[str, Any] = {"status": self.status.value}
+        if self.output_options.include_state:
+            data["state"] = dict(self.state)
+        return data
 
     def flat_steps(self) -> dict[str, StepRecord]:
         """Step records with nested workflows' steps flattened as "child.step"."""
@@ -214,6 +235,7 @@ class EventType(StrEnum):
     STEP_WAITING = "step-waiting"
     WORKFLOW_CANCELED = "workflow-canceled"
     WORKFLOW_FINISH = "workflow-finish"
+    WORKFLOW_PAUSED = "workflow-paused"
 
 
 class Event(BaseModel):
@@ -230,7 +252,9 @@ class Event(BaseModel):
       step-suspended:   step_id, payload, suspend_payload, labels, suspended_at
       step-waiting:     step_id, payload, started_at, wake_at
       workflow-canceled: (empty)
-      workflow-finish:  status, result? | error? | suspended? (list of {path, payload, labels})
+      workflow-paused:  (empty)
+      workflow-finish:  status, result? | error? | suspended? (list of {path, payload, labels}),
+                        state? (when the run's output options include it)
     """
 
     model_config = ConfigDict(frozen=True)

@@ -27,7 +27,17 @@ from .errors import (
     WorkflowNotFound,
 )
 from .logs import log_canceled
-from .model import Event, EventType, PendingResume, RunStatus, Snapshot, StepRecord, StepStatus, now
+from .model import (
+    Event,
+    EventType,
+    OutputOptions,
+    PendingResume,
+    RunStatus,
+    Snapshot,
+    StepRecord,
+    StepStatus,
+    now,
+)
 from .schema import Schema, SchemaViolation
 from .store import Lease, Page, RunFilter, Store, StoredRun
 from .workflows import (
@@ -42,6 +52,9 @@ from .workflows import (
 )
 
 _TRACE_ID = re.compile(r"[0-9a-fA-F]{1,32}")
+_TRACE_ID_RULE = "must be 1 to 32 hexadecimal characters"
+# Finish statuses after which a watch that keeps open on suspend stays open.
+_PARKED = frozenset({RunStatus.SUSPENDED.value, RunStatus.PAUSED.value})
 # Names the run of a start that carries a request id and no run id (see `_run_id_for`).
 _REQUEST_NAMESPACE = uuid.UUID("5d0f3c1e-8a4b-4f61-9e2d-7b1c6a0e4f93")
 _MAX_ID_LENGTH = 256
@@ -81,6 +94,10 @@ class StartParams:
     trace_id: str = ""
     trace_metadata: dict[str, Any] = field(default_factory=dict)
     request_id: str = ""
+    # Remembered by the run: its later results and finish events carry the state.
+    include_state: bool = False
+    # Run the first top-level entry only, then pause.
+    per_step: bool = False
 
 
 @dataclass(frozen=True)
@@ -91,6 +108,9 @@ class ResumeParams:
     resume_data: Any = None
     request_context: dict[str, Any] | None = None
     for_each_index: int | None = None
+    include_state: bool = False
+    # Pause after the top-level entry that holds the resumed step.
+    per_step: bool = False
 
 
 @dataclass(frozen=True)
@@ -104,6 +124,20 @@ class TimeTravelParams:
     # Step results to use instead of the snapshot's, keyed by step id ("child.inner" nested).
     context: dict[str, StepRecord] = field(default_factory=dict)
     request_context: dict[str, Any] | None = None
+    include_state: bool = False
+    # Pause after the top-level entry that holds the target step.
+    per_step: bool = False
+
+
+@dataclass(frozen=True)
+class RestartParams:
+    run_id: str
+    # Merged over the stored request context (supplied keys win).
+    request_context: dict[str, Any] = field(default_factory=dict)
+    # Non-empty values replace the run's trace id / trace metadata.
+    trace_id: str = ""
+    trace_metadata: dict[str, Any] = field(default_factory=dict)
+    include_state: bool = False
 
 
 @dataclass(frozen=True)
@@ -236,9 +270,7 @@ class RunService:
         _check_id(params.request_id, "request_id", violations)
         trace_id = params.trace_id
         if trace_id and not _TRACE_ID.fullmatch(trace_id):
-            violations.append(
-                FieldViolation("tracing_options.trace_id", "must be 1 to 32 hexadecimal characters")
-            )
+            violations.append(FieldViolation("tracing_options.trace_id", _TRACE_ID_RULE))
         data = _conform(workflow.input_schema, params.input_data, "input_data", violations)
         state: Any = params.initial_state or {}
         if workflow.state_schema is not None:
@@ -253,8 +285,10 @@ class RunService:
             input=data,
             state=state,
             request_context=dict(params.request_context),
-            trace_id=trace_id.lower().rjust(32, "0") if trace_id else "",
+            trace_id=_padded_trace_id(trace_id) if trace_id else "",
             trace_metadata=dict(params.trace_metadata),
+            output_options=OutputOptions(include_state=params.include_state),
+            pause_after=0 if params.per_step else None,
         )
 
     async def wait(
@@ -312,6 +346,8 @@ class RunService:
         )
         claimed.resumed_since_suspend = True
         claimed.pass_announced = True
+        claimed.output_options.include_state |= params.include_state
+        claimed.pause_after = _entry_of(workflow, path[0]) if params.per_step else None
         if params.request_context:
             claimed.request_context = {**snap.request_context, **params.request_context}
         claimed.updated_at = now()
@@ -364,7 +400,7 @@ class RunService:
             snap.updated_at = now()
             events = [
                 Event(type=EventType.WORKFLOW_CANCELED),
-                Event(type=EventType.WORKFLOW_FINISH, data={"status": "canceled"}),
+                Event(type=EventType.WORKFLOW_FINISH, data=snap.finish_data()),
             ]
             try:
                 await self.store.write(snap, events, expected_version=stored.version)
@@ -397,7 +433,7 @@ class RunService:
         cursor = after_sequence
         while True:
             status = stored.snapshot.status
-            ended = status.finished or (status is RunStatus.SUSPENDED and not keep_open_on_suspend)
+            ended = status.finished or (status.settled and not keep_open_on_suspend)
             if ended and stored.last_sequence <= cursor:
                 return  # a reconnect after the final event: nothing more will come
             events = await self._next_events(run_id, cursor, _TAIL_BLOCK)
@@ -409,7 +445,7 @@ class RunService:
             cursor = events[-1].sequence
             last = events[-1]
             ends = last.is_finish and (
-                last.data.get("status") != RunStatus.SUSPENDED.value or not keep_open_on_suspend
+                last.data.get("status") not in _PARKED or not keep_open_on_suspend
             )
             # A finish followed by more events (a resume already began) is not the end.
             if ends and not await self.store.read_events(run_id, cursor, limit=1):
@@ -423,11 +459,18 @@ class RunService:
         if not run_id or not await self.store.delete(run_id):
             raise RunNotFound(run_id)
 
-    async def restart(self, run_id: str) -> StoredRun:
+    async def restart(self, params: RestartParams) -> StoredRun:
         """Re-drive a RUNNING/WAITING run that no live replica holds, from its recorded steps,
-        and wait until it settles. A SUCCESS/FAILED run is returned as stored, untouched.
-        Raises RunNotFound, FailedPrecondition (held by a live replica; pending, suspended or
-        canceled)."""
+        and wait until it settles; the request's context, tracing and output options are
+        stored with the run first. A SUCCESS/FAILED run is returned as stored, untouched.
+        Raises RunNotFound, InvalidArgument (bad trace id), FailedPrecondition (held by a
+        live replica; pending, suspended, paused or canceled)."""
+        run_id = params.run_id
+        if params.trace_id and not _TRACE_ID.fullmatch(params.trace_id):
+            raise InvalidArgument(
+                "invalid restart request",
+                [FieldViolation("tracing_options.trace_id", _TRACE_ID_RULE)],
+            )
         stored = await self.get(run_id)
         snap = stored.snapshot
         if snap.status in (RunStatus.SUCCESS, RunStatus.FAILED):
@@ -442,8 +485,28 @@ class RunService:
             raise _precondition(
                 snap, "RUN_HELD", f"run {run_id!r} is held by a live replica; it is not orphaned"
             )
+        await self._store_restart_options(stored, params)
         await self._dispatch(run_id)
         return await self.wait(run_id, after_sequence=stored.last_sequence)
+
+    async def _store_restart_options(self, stored: StoredRun, params: RestartParams) -> None:
+        """Write what the restart request changes into the (unheld) run before it is
+        re-driven, so the pass and everything after it see it. Raises Conflict when another
+        request or a recovering replica changed the run meanwhile."""
+        snap = stored.snapshot.model_copy(deep=True)
+        snap.request_context = {**snap.request_context, **params.request_context}
+        if params.trace_id:
+            snap.trace_id = _padded_trace_id(params.trace_id)
+        if params.trace_metadata:
+            snap.trace_metadata = dict(params.trace_metadata)
+        snap.output_options.include_state |= params.include_state
+        if snap == stored.snapshot:
+            return
+        snap.updated_at = now()
+        try:
+            await self.store.write(snap, [], expected_version=stored.version)
+        except StoreConflict:
+            raise Conflict(snap.run_id) from None
 
     async def time_travel(self, params: TimeTravelParams) -> Resumed:
         """Re-execute a settled run from a step, keeping the run id and continuing its event
@@ -472,6 +535,8 @@ class RunService:
             rewound.state = state
         if params.request_context:
             rewound.request_context = {**snap.request_context, **params.request_context}
+        rewound.output_options.include_state |= params.include_state
+        rewound.pause_after = _entry_of(workflow, path[0]) if params.per_step else None
         rewound.status = RunStatus.RUNNING
         rewound.result = rewound.error = None
         rewound.pass_announced = True
@@ -497,6 +562,16 @@ def _run_id_for(workflow_id: str, request_id: str) -> str:
         return uuid.uuid4().hex
     # Neither id holds control characters (`_check_id`), so the NUL keeps the pair apart.
     return uuid.uuid5(_REQUEST_NAMESPACE, f"{workflow_id}\0{request_id}").hex
+
+
+def _padded_trace_id(trace_id: str) -> str:
+    return trace_id.lower().rjust(32, "0")
+
+
+def _entry_of(workflow: Workflow, step_id: str) -> int | None:
+    """The top-level entry (index) holding `step_id`: where a per_step pass pauses."""
+    found = workflow.find(step_id)
+    return None if found is None else found[0]
 
 
 def _check_id(value: str, field_name: str, violations: list[FieldViolation]) -> None:

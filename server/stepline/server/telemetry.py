@@ -246,6 +246,8 @@ class _PassSpans:
                 run.add_event("waiting", attributes=waiting)
             case EventType.WORKFLOW_CANCELED:
                 run.add_event("canceled", timestamp=_ns(event.timestamp))
+            case EventType.WORKFLOW_PAUSED:
+                run.add_event("paused", timestamp=_ns(event.timestamp))
             case EventType.WORKFLOW_FINISH:
                 status = str(data.get("status", ""))
                 run.set_attribute("stepline.status", status)

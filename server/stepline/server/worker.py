@@ -432,7 +432,7 @@ class Worker:
             snapshot.pending_resume = None
             finish = Event(
                 type=EventType.WORKFLOW_FINISH,
-                data={"status": RunStatus.FAILED.value, "error": error.model_dump()},
+                data={**snapshot.finish_data(), "error": error.model_dump()},
             )
             await self.store.write(snapshot, [finish], fence=lease.fence, release=True)
 
@@ -538,7 +538,7 @@ async def _fail_unknown_workflow(journal: StoreJournal, snapshot: Snapshot) -> N
         [
             Event(
                 type=EventType.WORKFLOW_FINISH,
-                data={"status": RunStatus.FAILED.value, "error": error.model_dump()},
+                data={**snapshot.finish_data(), "error": error.model_dump()},
             )
         ],
         release=True,

@@ -14,7 +14,7 @@ from stepline.v1 import event_pb2, run_pb2, workflow_pb2
 from stepline.v1 import workflow_service_pb2 as service_pb2
 
 from ..model import ErrorData, Event, EventType, RunStatus, StepRecord, StepStatus
-from ..runs import ResumeParams, StartParams, TimeTravelParams
+from ..runs import RestartParams, ResumeParams, StartParams, TimeTravelParams
 from ..store import RunFilter, RunRow, StoredRun
 from .values import (
     RequestDecoder,
@@ -38,6 +38,7 @@ RUN_STATUS_TO_PROTO: dict[RunStatus, run_pb2.RunStatus.ValueType] = {
     RunStatus.SUCCESS: run_pb2.RUN_STATUS_SUCCESS,
     RunStatus.FAILED: run_pb2.RUN_STATUS_FAILED,
     RunStatus.CANCELED: run_pb2.RUN_STATUS_CANCELED,
+    RunStatus.PAUSED: run_pb2.RUN_STATUS_PAUSED,
 }
 RUN_STATUS_FROM_PROTO = {number: status for status, number in RUN_STATUS_TO_PROTO.items()}
 
@@ -116,8 +117,10 @@ def step_result(record: StepRecord) -> run_pb2.StepResult:
 
 
 def run_result(run: StoredRun, *, include_state: bool = False) -> run_pb2.RunResult:
-    """Project a stored run onto the public RunResult."""
+    """Project a stored run onto the public RunResult; the state is included when the
+    caller asks for it or the run remembers that an earlier request did."""
     snapshot = run.snapshot
+    include_state = include_state or snapshot.output_options.include_state
     suspended: list[run_pb2.SuspendedStep] = []
     if snapshot.status is RunStatus.SUSPENDED:
         suspended = [
@@ -272,6 +275,8 @@ def run_event(run_id: str, event: Event) -> event_pb2.RunEvent:
             )
         case EventType.WORKFLOW_CANCELED:
             message.workflow_canceled.SetInParent()
+        case EventType.WORKFLOW_PAUSED:
+            message.workflow_paused.SetInParent()
         case EventType.WORKFLOW_FINISH:
             message.workflow_finish.CopyFrom(
                 event_pb2.WorkflowFinishEvent(
@@ -286,6 +291,7 @@ def run_event(run_id: str, event: Event) -> event_pb2.RunEvent:
                         )
                         for entry in data.get("suspended") or []
                     ],
+                    state=_optional_struct(data.get("state")),
                 )
             )
     return message
@@ -327,6 +333,8 @@ def start_params(request: StartRequest) -> StartParams:
         trace_id=request.tracing_options.trace_id,
         trace_metadata=trace_metadata,
         request_id=request.request_id,
+        include_state=request.output_options.include_state,
+        per_step=request.per_step,
     )
 
 
@@ -344,6 +352,8 @@ def resume_params(request: ResumeRequest) -> ResumeParams:
         resume_data=resume_data,
         request_context=request_context,
         for_each_index=(request.for_each_index if request.HasField("for_each_index") else None),
+        include_state=request.output_options.include_state,
+        per_step=request.per_step,
     )
 
 
@@ -437,6 +447,23 @@ def time_travel_params(
         resume_data=decoder.optional_value(request, "resume_data"),
         context=context,
         request_context=decoder.optional_struct(request, "request_context"),
+        include_state=request.output_options.include_state,
+        per_step=request.per_step,
     )
     decoder.check()
     return params
+
+
+def restart_params(request: service_pb2.RestartRequest) -> RestartParams:
+    decoder = RequestDecoder()
+    decoder.required(request.run_id, "run_id")
+    request_context = decoder.struct(request.request_context, "request_context")
+    trace_metadata = decoder.struct(request.tracing_options.metadata, "tracing_options.metadata")
+    decoder.check()
+    return RestartParams(
+        run_id=request.run_id,
+        request_context=request_context,
+        trace_id=request.tracing_options.trace_id,
+        trace_metadata=trace_metadata,
+        include_state=request.output_options.include_state,
+    )

@@ -126,7 +126,7 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
 
     @unary
     async def Restart(self, request: pb.RestartRequest, context: Any) -> pb.RestartResponse:
-        run = await self._service.restart(convert.require_id(request.run_id, "run_id"))
+        run = await self._service.restart(convert.restart_params(request))
         include_state = request.output_options.include_state
         return pb.RestartResponse(result=convert.run_result(run, include_state=include_state))
 
