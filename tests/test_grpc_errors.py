@@ -567,17 +567,17 @@ async def test_restart_of_finished_and_inactive_runs(client: Client) -> None:
     assert await client.get_result(parked.run_id) == parked  # nothing changed
 
 
-async def test_time_travel_refusal_carries_precondition_details(client: Client, stub: Stub) -> None:
+async def test_time_travel_refusals_carry_their_details(client: Client, stub: Stub) -> None:
     run = await client.start("sequence", {"value": 1})
     with pytest.raises(grpc.aio.AioRpcError) as travel:
         await stub.TimeTravel(pb.TimeTravelRequest(run_id=run.run_id, step=["nope"]))
-    assert travel.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    # A step the graph does not have is a bad argument, whatever the run's state.
+    assert travel.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     status = status_of(travel.value)
     assert error_info(status).reason == "UNKNOWN_STEP"
-    [failure] = unpack(status, error_details_pb2.PreconditionFailure)
-    assert [(v.type, v.subject) for v in failure.violations] == [
-        ("UNKNOWN_STEP", f"run/{run.run_id}")
-    ]
+    [unknown] = unpack(status, error_details_pb2.BadRequest)
+    assert [v.field for v in unknown.field_violations] == ["step"]
+    assert unpack(status, error_details_pb2.PreconditionFailure) == []
 
     call = stub.TimeTravelStream(pb.TimeTravelStreamRequest(run_id=run.run_id, step=[""]))
     with pytest.raises(grpc.aio.AioRpcError) as malformed:
@@ -585,6 +585,19 @@ async def test_time_travel_refusal_carries_precondition_details(client: Client, 
     assert malformed.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     [bad] = unpack(status_of(malformed.value), error_details_pb2.BadRequest)
     assert [v.field for v in bad.field_violations] == ["step[0]"]
+
+    held = await client.start_async("cancellable", {"seconds": 10})
+    async for event in client.watch(held.run_id):
+        if event.type is EventType.STEP_START:
+            break
+    with pytest.raises(grpc.aio.AioRpcError) as running:
+        await stub.TimeTravel(pb.TimeTravelRequest(run_id=held.run_id, step=["wait_for_cancel"]))
+    assert running.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    [failure] = unpack(status_of(running.value), error_details_pb2.PreconditionFailure)
+    assert [(v.type, v.subject) for v in failure.violations] == [
+        ("RUN_IS_RUNNING", f"run/{held.run_id}")
+    ]
+    await client.cancel(held.run_id)
     assert await client.get_result(run.run_id) == run  # nothing changed
 
 

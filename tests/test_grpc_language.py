@@ -7,7 +7,14 @@ import asyncio
 
 import pytest
 
-from stepline.client import Client, EventType, FailedPrecondition, InvalidArgument, RunStatus
+from stepline.client import (
+    Client,
+    EventType,
+    FailedPrecondition,
+    InvalidArgument,
+    RunStatus,
+    StepStatus,
+)
 
 # Imported fixtures are registered under their `name=`s: server, client.
 from tests.grpc_harness import (  # noqa: F401
@@ -70,7 +77,8 @@ async def test_sleep_is_waiting_and_cancel_ends_it_at_once(client: Client) -> No
     canceled = await client.cancel(run.run_id)
     assert canceled.status is RunStatus.CANCELED
     rest = await collect(client.watch(run.run_id, after_sequence=seen[-1].sequence))
-    assert kinds(rest) == ["workflow-canceled", "workflow-finish"]
+    assert kinds(rest) == ["step-result:sleep_long_nap_1", "workflow-canceled", "workflow-finish"]
+    assert rest[0].data["status"] is StepStatus.CANCELED
 
 
 async def test_short_sleep_passes_output_through(client: Client) -> None:
@@ -132,9 +140,10 @@ async def test_time_travel_over_grpc(client: Client) -> None:
     ]
     assert streamed[0].sequence == again.last_sequence + 1
     assert streamed[-1].data["result"] == {"value": 14}
-    with pytest.raises(FailedPrecondition) as info:
+    with pytest.raises(InvalidArgument) as info:
         await client.time_travel(first.run_id, "nope", timeout=BOUND)
     assert info.value.reason == "UNKNOWN_STEP"
+    assert [v.field for v in info.value.violations] == ["step"]
     with pytest.raises(InvalidArgument) as bad:
         await client.time_travel(first.run_id, "double", input_data={"value": "x"}, timeout=BOUND)
     assert [v.field for v in bad.value.violations] == ["input_data.value"]

@@ -280,9 +280,10 @@ async def test_time_travel_with_caller_context(engine: Engine) -> None:
 async def test_time_travel_refusals_leave_the_snapshot_untouched(engine: Engine) -> None:
     run = await engine.run("sequence", {"value": 1})
     run_id = run.snapshot.run_id
-    with pytest.raises(FailedPrecondition) as info:
+    with pytest.raises(InvalidArgument) as unknown:
         await engine.service.time_travel(TimeTravelParams(run_id, ("nope",)))
-    assert info.value.reason == "UNKNOWN_STEP"
+    assert unknown.value.reason == "UNKNOWN_STEP"
+    assert [v.field for v in unknown.value.violations] == ["step"]
     with pytest.raises(InvalidArgument) as bad:
         await engine.service.time_travel(
             TimeTravelParams(run_id, ("double",), input_data={"value": "x"})

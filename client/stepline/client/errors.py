@@ -113,13 +113,20 @@ class FailedPrecondition(SteplineError):
         steps = self.metadata.get("suspended_steps", "")
         return steps.split(",") if steps else []
 
+    @property
+    def suspended_indexes(self) -> list[int]:
+        """The suspended iterations of the foreach that a refused resume named."""
+        indexes = self.metadata.get("suspended_indexes", "")
+        return [int(i) for i in indexes.split(",") if i.lstrip("-").isdigit()]
+
 
 class NotSuspended(FailedPrecondition):
     """Resume of a run that is not suspended."""
 
 
 class StepNotSuspended(FailedPrecondition):
-    """Resume named a step (or label) that is not suspended."""
+    """Resume named a step (or label), or a foreach iteration (`for_each_index`; see
+    `suspended_indexes`), that is not suspended."""
 
 
 class MultipleSuspendedSteps(FailedPrecondition):
@@ -172,6 +179,7 @@ _BY_REASON: dict[str, type[SteplineError]] = {
     "RUN_ALREADY_EXISTS": RunAlreadyExists,
     "RUN_NOT_SUSPENDED": NotSuspended,
     "STEP_NOT_SUSPENDED": StepNotSuspended,
+    "ITERATION_NOT_SUSPENDED": StepNotSuspended,
     "MULTIPLE_SUSPENDED_STEPS": MultipleSuspendedSteps,
     "RESUME_ALREADY_CLAIMED": ResumeAlreadyClaimed,
     "CONCURRENT_MODIFICATION": ConcurrentModification,

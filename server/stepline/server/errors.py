@@ -76,7 +76,8 @@ class RunAlreadyExists(SteplineError):
 
 
 class FailedPrecondition(SteplineError):
-    """The run is in a state that does not allow the operation."""
+    """The run is in a state that does not allow the operation. `suspended_indexes` lists the
+    suspended iterations of the foreach a refused resume named."""
 
     reason = "FAILED_PRECONDITION"
 
@@ -88,12 +89,14 @@ class FailedPrecondition(SteplineError):
         run_id: str,
         status: str,
         suspended_steps: Sequence[str] = (),
+        suspended_indexes: Sequence[int] | None = None,
     ) -> None:
         super().__init__(message, run_id=run_id, status=status)
         self.reason = reason
         self.run_id = run_id
         self.status = status
         self.suspended_steps = list(suspended_steps)
+        self.suspended_indexes = None if suspended_indexes is None else list(suspended_indexes)
 
 
 class ResumeAlreadyClaimed(SteplineError):

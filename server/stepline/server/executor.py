@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
+from .cancellation import cancel_iterations, close_open_steps
 from .context import (
     MAX_JSON_DEPTH,
     BailSignal,
@@ -390,6 +391,8 @@ class Execution:
         snap.status = RunStatus.RUNNING
         snap.wake_at = None
         outcome = await self.walk()
+        if self.cancel_event.is_set() and outcome.kind in (Kind.SUSPENDED, Kind.WAITING):
+            outcome = Outcome(Kind.CANCELED)  # canceled while parking: the cancel ends the run
         if outcome.kind is Kind.WAITING:
             return await self._hand_to_timer(outcome.wake_at or now())
         return await self._finish(outcome)
@@ -435,6 +438,8 @@ class Execution:
             snap.resumed_since_suspend = False
             events.append(Event(type=EventType.WORKFLOW_PAUSED))
         else:
+            # No step of a canceled run stays running, waiting or suspended.
+            events.extend(close_open_steps(snap, self.workflow))
             events.append(Event(type=EventType.WORKFLOW_CANCELED))
         events.append(Event(type=EventType.WORKFLOW_FINISH, data=data))
         await self.commit(events, release=True)
@@ -1009,6 +1014,9 @@ class Execution:
         if self.cancel_event.is_set() and any(
             it is None or it["status"] != "success" for it in items
         ):
+            closed = cancel_iterations(step.id, items)
+            if closed:
+                await self.commit(closed)
             return await self._settle(
                 step.id, rec, StepStatus.CANCELED, None, Outcome(Kind.CANCELED)
             )

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .cancellation import close_open_steps
 from .errors import (
     Conflict,
     CursorExpired,
@@ -35,21 +36,12 @@ from .model import (
     RunStatus,
     Snapshot,
     StepRecord,
-    StepStatus,
     now,
 )
+from .reentry import check_iteration, resume_data, rewind, travel_target
 from .schema import Schema, SchemaViolation
 from .store import Lease, Page, RunFilter, Store, StoredRun
-from .workflows import (
-    BranchNode,
-    ForeachNode,
-    LoopNode,
-    Registry,
-    SleepNode,
-    Step,
-    Workflow,
-    node_ids,
-)
+from .workflows import Registry, Step, Workflow
 
 _TRACE_ID = re.compile(r"[0-9a-fA-F]{1,32}")
 _TRACE_ID_RULE = "must be 1 to 32 hexadecimal characters"
@@ -337,7 +329,9 @@ class RunService:
             )
         workflow = self.get_workflow(snap.workflow_id)
         path, index, step = _resume_target(workflow, snap, params)
-        data = _resume_data(step, params.resume_data)
+        if index is not None:
+            check_iteration(workflow, snap, path, index)
+        data = resume_data(step, params.resume_data)
 
         claimed = snap.model_copy(deep=True)
         claimed.status = RunStatus.RUNNING
@@ -395,10 +389,9 @@ class RunService:
                 return Canceled(settled.snapshot.status, True)
             snap = stored.snapshot.model_copy(deep=True)
             snap.status = RunStatus.CANCELED
-            snap.active_steps.clear()
-            snap.pending_resume = None
             snap.updated_at = now()
             events = [
+                *close_open_steps(snap, self.registry.get(snap.workflow_id)),
                 Event(type=EventType.WORKFLOW_CANCELED),
                 Event(type=EventType.WORKFLOW_FINISH, data=snap.finish_data()),
             ]
@@ -511,20 +504,29 @@ class RunService:
     async def time_travel(self, params: TimeTravelParams) -> Resumed:
         """Re-execute a settled run from a step, keeping the run id and continuing its event
         sequence. Prior results come from `context` or the snapshot. Raises RunNotFound,
-        FailedPrecondition (running run, unknown step, snapshot that no longer matches the
-        graph — the snapshot is then untouched), InvalidArgument."""
+        InvalidArgument (unknown step, input the target does not take), FailedPrecondition
+        (running run, snapshot that no longer matches the graph). A refused time travel
+        leaves the run untouched."""
         stored = await self.get(params.run_id)
         snap = stored.snapshot
+        path = _split_path(params.step, "step")
+        workflow = self.get_workflow(snap.workflow_id)
+        target = travel_target(workflow, path, params.input_data)
         if not snap.status.settled:
             raise _precondition(
                 snap,
                 "RUN_IS_RUNNING",
                 f"run {snap.run_id!r} is {snap.status}; time travel needs a settled run",
             )
-        path = _split_path(params.step, "step")
-        workflow = self.get_workflow(snap.workflow_id)
         rewound = snap.model_copy(deep=True)
-        _rewind(workflow, rewound, path, params, original=snap)
+        rewind(
+            workflow,
+            rewound,
+            target,
+            context=params.context,
+            resume=params.resume_data,
+            original=snap,
+        )
         if params.initial_state is not None:
             state: Any = params.initial_state
             if workflow.state_schema is not None:
@@ -677,99 +679,3 @@ def _resume_target(
             path = [*path, *inner[0].path]
         level, wf, depth = child, unit, depth + 1
     raise not_suspended()
-
-
-def _rewind(
-    workflow: Workflow,
-    snap: Snapshot,
-    path: list[str],
-    params: TimeTravelParams,
-    *,
-    original: Snapshot,
-    prefix: str = "",
-) -> None:
-    """Rewrite `snap` so that executing it re-runs `path[0]` and everything after it.
-
-    Raises FailedPrecondition (with the untouched `original` in the details) when the step
-    is unknown or the snapshot no longer matches the graph."""
-
-    def refuse(reason: str, message: str) -> FailedPrecondition:
-        return _precondition(original, reason, message)
-
-    target = path[0]
-    found = workflow.find(target)
-    if found is None:
-        raise refuse("UNKNOWN_STEP", f"workflow {workflow.id!r} has no step {prefix + target!r}")
-    index, _, unit = found
-    graph_ids = {uid for node in workflow.nodes for uid in node_ids(node)}
-    strangers = sorted(k for k in snap.steps if k not in graph_ids)
-    if strangers:
-        raise refuse(
-            "SNAPSHOT_MISMATCH",
-            f"the run recorded steps the workflow no longer has: {', '.join(strangers)}",
-        )
-    for node in workflow.nodes[:index]:
-        if isinstance(node, BranchNode | LoopNode | ForeachNode | SleepNode):
-            continue  # re-executed (or re-chosen) if they have no result
-        for uid in node_ids(node):
-            rec = params.context.get(prefix + uid) or snap.steps.get(uid)
-            if rec is None or rec.status is not StepStatus.SUCCESS:
-                raise refuse(
-                    "SNAPSHOT_MISMATCH",
-                    f"step {prefix + uid!r} before {prefix + target!r} has no "
-                    "successful result in the snapshot or the context",
-                )
-            snap.steps[uid] = rec
-    old_target = snap.steps.get(target)
-    old_child = snap.children.get(target)
-    cleared = {uid for node in workflow.nodes[index:] for uid in node_ids(node)}
-    for uid in cleared:
-        snap.steps.pop(uid, None)
-        snap.suspended_paths.pop(uid, None)
-        snap.active_steps.pop(uid, None)
-        snap.children.pop(uid, None)
-    snap.step_execution_path = [s for s in snap.step_execution_path if s not in cleared]
-    snap.resume_labels = {k: v for k, v in snap.resume_labels.items() if v.step_id not in cleared}
-    snap.entry_state = {k: v for k, v in snap.entry_state.items() if int(k) < index}
-    snap.pending_resume = None
-    snap.status = RunStatus.RUNNING
-    if len(path) > 1:
-        if not isinstance(unit, Workflow) or old_child is None or old_target is None:
-            raise refuse("UNKNOWN_STEP", f"{prefix + target!r} is not a nested workflow that ran")
-        _rewind(unit, old_child, path[1:], params, original=original, prefix=f"{prefix}{target}.")
-        snap.children[target] = old_child
-        snap.steps[target] = StepRecord(
-            status=StepStatus.RUNNING, payload=old_target.payload, started_at=old_target.started_at
-        )
-        return
-    if not isinstance(unit, Step):
-        return
-    if params.input_data is not None:
-        violations: list[FieldViolation] = []
-        data = _conform(unit.input_schema, params.input_data, "input_data", violations)
-        if violations:
-            raise InvalidArgument(f"invalid input data for step {prefix + target!r}", violations)
-        snap.entry_state[str(index)] = {"input": data}
-    if (
-        params.resume_data is not None
-        and old_target is not None
-        and (old_target.status is StepStatus.SUSPENDED)
-    ):
-        snap.steps[target] = old_target
-        snap.suspended_paths[target] = original.suspended_paths.get(target, [index])
-        snap.pending_resume = PendingResume(
-            step_id=target, path=[target], data=_resume_data(unit, params.resume_data)
-        )
-
-
-def _resume_data(step: Step[Any, Any], data: Any) -> Any:
-    if step.resume_schema is None:
-        return data
-    try:
-        return step.resume_schema.normalize(data if data is not None else {}, path="resume_data")
-    except SchemaViolation as err:
-        raise InvalidArgument(
-            f"invalid resume data for step {step.id!r}",
-            err.violations,
-            reason="INVALID_RESUME_DATA",
-        ) from None

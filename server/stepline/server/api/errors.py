@@ -110,6 +110,10 @@ def _details(error: SteplineError, metadata: dict[str, str]) -> list[Message]:
         if error.suspended_steps:
             metadata["suspended_steps"] = ",".join(error.suspended_steps)
             description += f"; suspended steps: {', '.join(error.suspended_steps)}"
+        if error.suspended_indexes is not None:
+            indexes = [str(i) for i in error.suspended_indexes]
+            metadata["suspended_indexes"] = ",".join(indexes)
+            description += f"; suspended iterations: {', '.join(indexes) or 'none'}"
         return [
             error_details_pb2.PreconditionFailure(
                 violations=[
