@@ -205,7 +205,9 @@ Global___StepOutputEvent: _TypeAlias = StepOutputEvent  # noqa: Y015
 
 @_typing.final
 class StepProgressEvent(_message.Message):
-    """One foreach item finished."""
+    """One foreach item finished, suspended, or was canceled (iteration_status CANCELED: the
+    run was canceled while the item ran or was suspended).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -242,7 +244,9 @@ Global___StepProgressEvent: _TypeAlias = StepProgressEvent  # noqa: Y015
 
 @_typing.final
 class StepResultEvent(_message.Message):
-    """A step finished with success or failure."""
+    """A step finished: success, failure, or CANCELED (also a step that a cancel closed while it
+    was running, waiting or suspended).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -276,7 +276,11 @@ class ResumeRequest(_message.Message):
     label: _builtins.str
     """Resume the step that suspended with this label (instead of step)."""
     for_each_index: _builtins.int
-    """Resume only this iteration of a suspended foreach."""
+    """Resume only this iteration of a suspended foreach. An index that names no suspended
+    iteration (out of range, already resumed, not reached yet, or a step that is not a
+    foreach) is FAILED_PRECONDITION, reason ITERATION_NOT_SUSPENDED, and ErrorInfo metadata
+    `suspended_indexes` lists the suspended iterations ("0,2").
+    """
     per_step: _builtins.bool
     """Stop after the top-level step that holds the resumed step (status PAUSED); see
     StartAsyncRequest.per_step.
@@ -350,6 +354,7 @@ class ResumeAsyncRequest(_message.Message):
     run_id: _builtins.str
     label: _builtins.str
     for_each_index: _builtins.int
+    """See ResumeRequest.for_each_index."""
     per_step: _builtins.bool
     """See ResumeRequest.per_step."""
     @_builtins.property
@@ -426,6 +431,7 @@ class ResumeStreamRequest(_message.Message):
     run_id: _builtins.str
     label: _builtins.str
     for_each_index: _builtins.int
+    """See ResumeRequest.for_each_index."""
     keep_open_on_suspend: _builtins.bool
     per_step: _builtins.bool
     """See ResumeRequest.per_step."""
@@ -627,10 +633,20 @@ class TimeTravelRequest(_message.Message):
     """
     @_builtins.property
     def step(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Path of the step to re-execute from; a single element may be a dotted path."""
+        """Path of the step to re-execute from (the target); a single element may be a dotted
+        path. A path that names no step of the workflow's graph is INVALID_ARGUMENT, reason
+        UNKNOWN_STEP, with a field violation on `step`.
+        """
 
     @_builtins.property
-    def input_data(self) -> _struct_pb2.Value: ...
+    def input_data(self) -> _struct_pb2.Value:
+        """The target's input, validated against its input schema (a nested workflow's own input
+        schema; for a foreach, the list of its items) before anything is written; a sleep takes
+        none. Input that does not fit is INVALID_ARGUMENT, never dropped. In a parallel or branch
+        block only the target takes it: siblings that succeeded are kept, the others run again
+        on their recorded input. Unset: the target runs on the previous entry's output.
+        """
+
     @_builtins.property
     def initial_state(self) -> _struct_pb2.Struct: ...
     @_builtins.property
@@ -724,9 +740,13 @@ class TimeTravelStreamRequest(_message.Message):
     per_step: _builtins.bool
     """See TimeTravelRequest.per_step."""
     @_builtins.property
-    def step(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def step(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """See TimeTravelRequest.step."""
+
     @_builtins.property
-    def input_data(self) -> _struct_pb2.Value: ...
+    def input_data(self) -> _struct_pb2.Value:
+        """See TimeTravelRequest.input_data."""
+
     @_builtins.property
     def initial_state(self) -> _struct_pb2.Struct: ...
     @_builtins.property

@@ -168,7 +168,10 @@ class WorkflowServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Cancel(self, request, context):
-        """Requests cooperative cancellation; idempotent; a finished run is left unchanged.
+        """Requests cooperative cancellation; idempotent; a finished run is left unchanged. Once
+        the run is CANCELED no step of it is RUNNING, WAITING or SUSPENDED (nested workflows'
+        steps and foreach iterations included): each step the cancel closes gets a step-result,
+        each open iteration a step-progress, with status CANCELED, before workflow-canceled.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -183,6 +186,8 @@ class WorkflowServiceServicer:
 
     def TimeTravel(self, request, context):
         """Re-executes a settled run from a given step (this is also how a PAUSED run continues).
+        The step and its input are checked against the graph first; a refused time travel
+        leaves the run (result, state, event log) as it was.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

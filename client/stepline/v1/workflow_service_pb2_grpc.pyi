@@ -49,11 +49,18 @@ class WorkflowServiceStub:
     ResumeStream: _grpc.UnaryStreamMultiCallable[_workflow_service_pb2.ResumeStreamRequest, _workflow_service_pb2.ResumeStreamResponse]
     """Resumes a suspended run and streams the continuation."""
     Cancel: _grpc.UnaryUnaryMultiCallable[_workflow_service_pb2.CancelRequest, _workflow_service_pb2.CancelResponse]
-    """Requests cooperative cancellation; idempotent; a finished run is left unchanged."""
+    """Requests cooperative cancellation; idempotent; a finished run is left unchanged. Once
+    the run is CANCELED no step of it is RUNNING, WAITING or SUSPENDED (nested workflows'
+    steps and foreach iterations included): each step the cancel closes gets a step-result,
+    each open iteration a step-progress, with status CANCELED, before workflow-canceled.
+    """
     Restart: _grpc.UnaryUnaryMultiCallable[_workflow_service_pb2.RestartRequest, _workflow_service_pb2.RestartResponse]
     """Re-drives an active run that no live replica holds."""
     TimeTravel: _grpc.UnaryUnaryMultiCallable[_workflow_service_pb2.TimeTravelRequest, _workflow_service_pb2.TimeTravelResponse]
-    """Re-executes a settled run from a given step (this is also how a PAUSED run continues)."""
+    """Re-executes a settled run from a given step (this is also how a PAUSED run continues).
+    The step and its input are checked against the graph first; a refused time travel
+    leaves the run (result, state, event log) as it was.
+    """
     TimeTravelStream: _grpc.UnaryStreamMultiCallable[_workflow_service_pb2.TimeTravelStreamRequest, _workflow_service_pb2.TimeTravelStreamResponse]
     """Like TimeTravel, streaming the re-execution's events."""
     GetExecutionResult: _grpc.UnaryUnaryMultiCallable[_workflow_service_pb2.GetExecutionResultRequest, _workflow_service_pb2.GetExecutionResultResponse]
@@ -90,11 +97,18 @@ class WorkflowServiceAsyncStub(WorkflowServiceStub):
     ResumeStream: _aio.UnaryStreamMultiCallable[_workflow_service_pb2.ResumeStreamRequest, _workflow_service_pb2.ResumeStreamResponse]  # type: ignore[assignment]
     """Resumes a suspended run and streams the continuation."""
     Cancel: _aio.UnaryUnaryMultiCallable[_workflow_service_pb2.CancelRequest, _workflow_service_pb2.CancelResponse]  # type: ignore[assignment]
-    """Requests cooperative cancellation; idempotent; a finished run is left unchanged."""
+    """Requests cooperative cancellation; idempotent; a finished run is left unchanged. Once
+    the run is CANCELED no step of it is RUNNING, WAITING or SUSPENDED (nested workflows'
+    steps and foreach iterations included): each step the cancel closes gets a step-result,
+    each open iteration a step-progress, with status CANCELED, before workflow-canceled.
+    """
     Restart: _aio.UnaryUnaryMultiCallable[_workflow_service_pb2.RestartRequest, _workflow_service_pb2.RestartResponse]  # type: ignore[assignment]
     """Re-drives an active run that no live replica holds."""
     TimeTravel: _aio.UnaryUnaryMultiCallable[_workflow_service_pb2.TimeTravelRequest, _workflow_service_pb2.TimeTravelResponse]  # type: ignore[assignment]
-    """Re-executes a settled run from a given step (this is also how a PAUSED run continues)."""
+    """Re-executes a settled run from a given step (this is also how a PAUSED run continues).
+    The step and its input are checked against the graph first; a refused time travel
+    leaves the run (result, state, event log) as it was.
+    """
     TimeTravelStream: _aio.UnaryStreamMultiCallable[_workflow_service_pb2.TimeTravelStreamRequest, _workflow_service_pb2.TimeTravelStreamResponse]  # type: ignore[assignment]
     """Like TimeTravel, streaming the re-execution's events."""
     GetExecutionResult: _aio.UnaryUnaryMultiCallable[_workflow_service_pb2.GetExecutionResultRequest, _workflow_service_pb2.GetExecutionResultResponse]  # type: ignore[assignment]
@@ -170,7 +184,11 @@ class WorkflowServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _workflow_service_pb2.CancelRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_workflow_service_pb2.CancelResponse, _abc.Awaitable[_workflow_service_pb2.CancelResponse]]:
-        """Requests cooperative cancellation; idempotent; a finished run is left unchanged."""
+        """Requests cooperative cancellation; idempotent; a finished run is left unchanged. Once
+        the run is CANCELED no step of it is RUNNING, WAITING or SUSPENDED (nested workflows'
+        steps and foreach iterations included): each step the cancel closes gets a step-result,
+        each open iteration a step-progress, with status CANCELED, before workflow-canceled.
+        """
 
     @_abc_1.abstractmethod
     def Restart(
@@ -186,7 +204,10 @@ class WorkflowServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _workflow_service_pb2.TimeTravelRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_workflow_service_pb2.TimeTravelResponse, _abc.Awaitable[_workflow_service_pb2.TimeTravelResponse]]:
-        """Re-executes a settled run from a given step (this is also how a PAUSED run continues)."""
+        """Re-executes a settled run from a given step (this is also how a PAUSED run continues).
+        The step and its input are checked against the graph first; a refused time travel
+        leaves the run (result, state, event log) as it was.
+        """
 
     @_abc_1.abstractmethod
     def TimeTravelStream(

@@ -499,7 +499,8 @@ func (x *StepOutputEvent) GetOutput() *structpb.Value {
 	return nil
 }
 
-// One foreach item finished.
+// One foreach item finished, suspended, or was canceled (iteration_status CANCELED: the
+// run was canceled while the item ran or was suspended).
 type StepProgressEvent struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	StepId          string                 `protobuf:"bytes,1,opt,name=step_id,json=stepId,proto3" json:"step_id,omitempty"`
@@ -584,7 +585,8 @@ func (x *StepProgressEvent) GetIterationOutput() *structpb.Value {
 	return nil
 }
 
-// A step finished with success or failure.
+// A step finished: success, failure, or CANCELED (also a step that a cancel closed while it
+// was running, waiting or suspended).
 type StepResultEvent struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	StepId        string                 `protobuf:"bytes,1,opt,name=step_id,json=stepId,proto3" json:"step_id,omitempty"`

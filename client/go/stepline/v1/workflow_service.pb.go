@@ -552,7 +552,10 @@ type ResumeRequest struct {
 	// Merged over the stored request context; supplied keys win.
 	RequestContext *structpb.Struct `protobuf:"bytes,5,opt,name=request_context,json=requestContext,proto3" json:"request_context,omitempty"`
 	OutputOptions  *OutputOptions   `protobuf:"bytes,6,opt,name=output_options,json=outputOptions,proto3" json:"output_options,omitempty"`
-	// Resume only this iteration of a suspended foreach.
+	// Resume only this iteration of a suspended foreach. An index that names no suspended
+	// iteration (out of range, already resumed, not reached yet, or a step that is not a
+	// foreach) is FAILED_PRECONDITION, reason ITERATION_NOT_SUSPENDED, and ErrorInfo metadata
+	// `suspended_indexes` lists the suspended iterations ("0,2").
 	ForEachIndex *int32 `protobuf:"varint,7,opt,name=for_each_index,json=forEachIndex,proto3,oneof" json:"for_each_index,omitempty"`
 	// Stop after the top-level step that holds the resumed step (status PAUSED); see
 	// StartAsyncRequest.per_step.
@@ -698,7 +701,8 @@ type ResumeAsyncRequest struct {
 	Label          string                 `protobuf:"bytes,3,opt,name=label,proto3" json:"label,omitempty"`
 	ResumeData     *structpb.Value        `protobuf:"bytes,4,opt,name=resume_data,json=resumeData,proto3" json:"resume_data,omitempty"`
 	RequestContext *structpb.Struct       `protobuf:"bytes,5,opt,name=request_context,json=requestContext,proto3" json:"request_context,omitempty"`
-	ForEachIndex   *int32                 `protobuf:"varint,6,opt,name=for_each_index,json=forEachIndex,proto3,oneof" json:"for_each_index,omitempty"`
+	// See ResumeRequest.for_each_index.
+	ForEachIndex *int32 `protobuf:"varint,6,opt,name=for_each_index,json=forEachIndex,proto3,oneof" json:"for_each_index,omitempty"`
 	// include_state is remembered by the run (see OutputOptions).
 	OutputOptions *OutputOptions `protobuf:"bytes,7,opt,name=output_options,json=outputOptions,proto3" json:"output_options,omitempty"`
 	// See ResumeRequest.per_step.
@@ -855,14 +859,15 @@ func (x *ResumeAsyncResponse) GetAfterSequence() int64 {
 }
 
 type ResumeStreamRequest struct {
-	state             protoimpl.MessageState `protogen:"open.v1"`
-	RunId             string                 `protobuf:"bytes,1,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
-	Step              []string               `protobuf:"bytes,2,rep,name=step,proto3" json:"step,omitempty"`
-	Label             string                 `protobuf:"bytes,3,opt,name=label,proto3" json:"label,omitempty"`
-	ResumeData        *structpb.Value        `protobuf:"bytes,4,opt,name=resume_data,json=resumeData,proto3" json:"resume_data,omitempty"`
-	RequestContext    *structpb.Struct       `protobuf:"bytes,5,opt,name=request_context,json=requestContext,proto3" json:"request_context,omitempty"`
-	ForEachIndex      *int32                 `protobuf:"varint,6,opt,name=for_each_index,json=forEachIndex,proto3,oneof" json:"for_each_index,omitempty"`
-	KeepOpenOnSuspend bool                   `protobuf:"varint,7,opt,name=keep_open_on_suspend,json=keepOpenOnSuspend,proto3" json:"keep_open_on_suspend,omitempty"`
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	RunId          string                 `protobuf:"bytes,1,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
+	Step           []string               `protobuf:"bytes,2,rep,name=step,proto3" json:"step,omitempty"`
+	Label          string                 `protobuf:"bytes,3,opt,name=label,proto3" json:"label,omitempty"`
+	ResumeData     *structpb.Value        `protobuf:"bytes,4,opt,name=resume_data,json=resumeData,proto3" json:"resume_data,omitempty"`
+	RequestContext *structpb.Struct       `protobuf:"bytes,5,opt,name=request_context,json=requestContext,proto3" json:"request_context,omitempty"`
+	// See ResumeRequest.for_each_index.
+	ForEachIndex      *int32 `protobuf:"varint,6,opt,name=for_each_index,json=forEachIndex,proto3,oneof" json:"for_each_index,omitempty"`
+	KeepOpenOnSuspend bool   `protobuf:"varint,7,opt,name=keep_open_on_suspend,json=keepOpenOnSuspend,proto3" json:"keep_open_on_suspend,omitempty"`
 	// include_state is remembered by the run (see OutputOptions).
 	OutputOptions *OutputOptions `protobuf:"bytes,8,opt,name=output_options,json=outputOptions,proto3" json:"output_options,omitempty"`
 	// See ResumeRequest.per_step.
@@ -1226,8 +1231,15 @@ func (x *RestartResponse) GetResult() *RunResult {
 type TimeTravelRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	RunId string                 `protobuf:"bytes,1,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
-	// Path of the step to re-execute from; a single element may be a dotted path.
-	Step         []string         `protobuf:"bytes,2,rep,name=step,proto3" json:"step,omitempty"`
+	// Path of the step to re-execute from (the target); a single element may be a dotted
+	// path. A path that names no step of the workflow's graph is INVALID_ARGUMENT, reason
+	// UNKNOWN_STEP, with a field violation on `step`.
+	Step []string `protobuf:"bytes,2,rep,name=step,proto3" json:"step,omitempty"`
+	// The target's input, validated against its input schema (a nested workflow's own input
+	// schema; for a foreach, the list of its items) before anything is written; a sleep takes
+	// none. Input that does not fit is INVALID_ARGUMENT, never dropped. In a parallel or branch
+	// block only the target takes it: siblings that succeeded are kept, the others run again
+	// on their recorded input. Unset: the target runs on the previous entry's output.
 	InputData    *structpb.Value  `protobuf:"bytes,3,opt,name=input_data,json=inputData,proto3" json:"input_data,omitempty"`
 	InitialState *structpb.Struct `protobuf:"bytes,4,opt,name=initial_state,json=initialState,proto3" json:"initial_state,omitempty"`
 	ResumeData   *structpb.Value  `protobuf:"bytes,5,opt,name=resume_data,json=resumeData,proto3" json:"resume_data,omitempty"`
@@ -1381,9 +1393,11 @@ func (x *TimeTravelResponse) GetResult() *RunResult {
 }
 
 type TimeTravelStreamRequest struct {
-	state          protoimpl.MessageState `protogen:"open.v1"`
-	RunId          string                 `protobuf:"bytes,1,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
-	Step           []string               `protobuf:"bytes,2,rep,name=step,proto3" json:"step,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	RunId string                 `protobuf:"bytes,1,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
+	// See TimeTravelRequest.step.
+	Step []string `protobuf:"bytes,2,rep,name=step,proto3" json:"step,omitempty"`
+	// See TimeTravelRequest.input_data.
 	InputData      *structpb.Value        `protobuf:"bytes,3,opt,name=input_data,json=inputData,proto3" json:"input_data,omitempty"`
 	InitialState   *structpb.Struct       `protobuf:"bytes,4,opt,name=initial_state,json=initialState,proto3" json:"initial_state,omitempty"`
 	ResumeData     *structpb.Value        `protobuf:"bytes,5,opt,name=resume_data,json=resumeData,proto3" json:"resume_data,omitempty"`

@@ -57,11 +57,16 @@ type WorkflowServiceClient interface {
 	ResumeAsync(ctx context.Context, in *ResumeAsyncRequest, opts ...grpc.CallOption) (*ResumeAsyncResponse, error)
 	// Resumes a suspended run and streams the continuation.
 	ResumeStream(ctx context.Context, in *ResumeStreamRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ResumeStreamResponse], error)
-	// Requests cooperative cancellation; idempotent; a finished run is left unchanged.
+	// Requests cooperative cancellation; idempotent; a finished run is left unchanged. Once
+	// the run is CANCELED no step of it is RUNNING, WAITING or SUSPENDED (nested workflows'
+	// steps and foreach iterations included): each step the cancel closes gets a step-result,
+	// each open iteration a step-progress, with status CANCELED, before workflow-canceled.
 	Cancel(ctx context.Context, in *CancelRequest, opts ...grpc.CallOption) (*CancelResponse, error)
 	// Re-drives an active run that no live replica holds.
 	Restart(ctx context.Context, in *RestartRequest, opts ...grpc.CallOption) (*RestartResponse, error)
 	// Re-executes a settled run from a given step (this is also how a PAUSED run continues).
+	// The step and its input are checked against the graph first; a refused time travel
+	// leaves the run (result, state, event log) as it was.
 	TimeTravel(ctx context.Context, in *TimeTravelRequest, opts ...grpc.CallOption) (*TimeTravelResponse, error)
 	// Like TimeTravel, streaming the re-execution's events.
 	TimeTravelStream(ctx context.Context, in *TimeTravelStreamRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[TimeTravelStreamResponse], error)
@@ -303,11 +308,16 @@ type WorkflowServiceServer interface {
 	ResumeAsync(context.Context, *ResumeAsyncRequest) (*ResumeAsyncResponse, error)
 	// Resumes a suspended run and streams the continuation.
 	ResumeStream(*ResumeStreamRequest, grpc.ServerStreamingServer[ResumeStreamResponse]) error
-	// Requests cooperative cancellation; idempotent; a finished run is left unchanged.
+	// Requests cooperative cancellation; idempotent; a finished run is left unchanged. Once
+	// the run is CANCELED no step of it is RUNNING, WAITING or SUSPENDED (nested workflows'
+	// steps and foreach iterations included): each step the cancel closes gets a step-result,
+	// each open iteration a step-progress, with status CANCELED, before workflow-canceled.
 	Cancel(context.Context, *CancelRequest) (*CancelResponse, error)
 	// Re-drives an active run that no live replica holds.
 	Restart(context.Context, *RestartRequest) (*RestartResponse, error)
 	// Re-executes a settled run from a given step (this is also how a PAUSED run continues).
+	// The step and its input are checked against the graph first; a refused time travel
+	// leaves the run (result, state, event log) as it was.
 	TimeTravel(context.Context, *TimeTravelRequest) (*TimeTravelResponse, error)
 	// Like TimeTravel, streaming the re-execution's events.
 	TimeTravelStream(*TimeTravelStreamRequest, grpc.ServerStreamingServer[TimeTravelStreamResponse]) error

@@ -202,7 +202,8 @@ export const StepOutputEventSchema: GenMessage<StepOutputEvent> = /*@__PURE__*/
   messageDesc(file_stepline_v1_event, 3);
 
 /**
- * One foreach item finished.
+ * One foreach item finished, suspended, or was canceled (iteration_status CANCELED: the
+ * run was canceled while the item ran or was suspended).
  *
  * @generated from message stepline.v1.StepProgressEvent
  */
@@ -246,7 +247,8 @@ export const StepProgressEventSchema: GenMessage<StepProgressEvent> = /*@__PURE_
   messageDesc(file_stepline_v1_event, 4);
 
 /**
- * A step finished with success or failure.
+ * A step finished: success, failure, or CANCELED (also a step that a cancel closed while it
+ * was running, waiting or suspended).
  *
  * @generated from message stepline.v1.StepResultEvent
  */

@@ -335,7 +335,10 @@ export type ResumeRequest = Message<"stepline.v1.ResumeRequest"> & {
   outputOptions?: OutputOptions | undefined;
 
   /**
-   * Resume only this iteration of a suspended foreach.
+   * Resume only this iteration of a suspended foreach. An index that names no suspended
+   * iteration (out of range, already resumed, not reached yet, or a step that is not a
+   * foreach) is FAILED_PRECONDITION, reason ITERATION_NOT_SUSPENDED, and ErrorInfo metadata
+   * `suspended_indexes` lists the suspended iterations ("0,2").
    *
    * @generated from field: optional int32 for_each_index = 7;
    */
@@ -404,6 +407,8 @@ export type ResumeAsyncRequest = Message<"stepline.v1.ResumeAsyncRequest"> & {
   requestContext?: JsonObject | undefined;
 
   /**
+   * See ResumeRequest.for_each_index.
+   *
    * @generated from field: optional int32 for_each_index = 6;
    */
   forEachIndex?: number | undefined;
@@ -489,6 +494,8 @@ export type ResumeStreamRequest = Message<"stepline.v1.ResumeStreamRequest"> & {
   requestContext?: JsonObject | undefined;
 
   /**
+   * See ResumeRequest.for_each_index.
+   *
    * @generated from field: optional int32 for_each_index = 6;
    */
   forEachIndex?: number | undefined;
@@ -647,13 +654,21 @@ export type TimeTravelRequest = Message<"stepline.v1.TimeTravelRequest"> & {
   runId: string;
 
   /**
-   * Path of the step to re-execute from; a single element may be a dotted path.
+   * Path of the step to re-execute from (the target); a single element may be a dotted
+   * path. A path that names no step of the workflow's graph is INVALID_ARGUMENT, reason
+   * UNKNOWN_STEP, with a field violation on `step`.
    *
    * @generated from field: repeated string step = 2;
    */
   step: string[];
 
   /**
+   * The target's input, validated against its input schema (a nested workflow's own input
+   * schema; for a foreach, the list of its items) before anything is written; a sleep takes
+   * none. Input that does not fit is INVALID_ARGUMENT, never dropped. In a parallel or branch
+   * block only the target takes it: siblings that succeeded are kept, the others run again
+   * on their recorded input. Unset: the target runs on the previous entry's output.
+   *
    * @generated from field: google.protobuf.Value input_data = 3;
    */
   inputData?: Value | undefined;
@@ -730,11 +745,15 @@ export type TimeTravelStreamRequest = Message<"stepline.v1.TimeTravelStreamReque
   runId: string;
 
   /**
+   * See TimeTravelRequest.step.
+   *
    * @generated from field: repeated string step = 2;
    */
   step: string[];
 
   /**
+   * See TimeTravelRequest.input_data.
+   *
    * @generated from field: google.protobuf.Value input_data = 3;
    */
   inputData?: Value | undefined;
@@ -1129,7 +1148,10 @@ export const WorkflowService: GenService<{
     output: typeof ResumeStreamResponseSchema;
   },
   /**
-   * Requests cooperative cancellation; idempotent; a finished run is left unchanged.
+   * Requests cooperative cancellation; idempotent; a finished run is left unchanged. Once
+   * the run is CANCELED no step of it is RUNNING, WAITING or SUSPENDED (nested workflows'
+   * steps and foreach iterations included): each step the cancel closes gets a step-result,
+   * each open iteration a step-progress, with status CANCELED, before workflow-canceled.
    *
    * @generated from rpc stepline.v1.WorkflowService.Cancel
    */
@@ -1150,6 +1172,8 @@ export const WorkflowService: GenService<{
   },
   /**
    * Re-executes a settled run from a given step (this is also how a PAUSED run continues).
+   * The step and its input are checked against the graph first; a refused time travel
+   * leaves the run (result, state, event log) as it was.
    *
    * @generated from rpc stepline.v1.WorkflowService.TimeTravel
    */
