@@ -13,11 +13,12 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.sdk.trace.export import SpanExporter
 
-from .api import add_services
+from .api import SERVICE, add_services
 from .api.interceptors import AuthInterceptor, TelemetryInterceptor
 from .api.reflection import enable_reflection
 from .auth import TokenTable
 from .errors import StoreUnavailable
+from .http import HttpGateway
 from .logs import RunLog
 from .metrics import Metrics, MetricsEndpoint
 from .runs import RunService
@@ -149,6 +150,7 @@ class Server:
             active_runs=lambda: self.worker.active_runs,
             held_leases=lambda: self.worker.held_leases,
         )
+        # Outermost first; the HTTP API runs its calls through the same list.
         interceptors: list[grpc.aio.ServerInterceptor] = [
             TelemetryInterceptor(self.tracing, self.metrics)
         ]
@@ -160,8 +162,10 @@ class Server:
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
         self.health = health_aio.HealthServicer()
+        self.interceptors = tuple(interceptors)
         self.port = 0
         self.metrics_port: int | None = None
+        self.http: HttpGateway | None = None
         self._metrics_endpoint: MetricsEndpoint | None = None
         self._probe_task: asyncio.Task[None] | None = None
         self._store_up: bool | None = None
@@ -188,7 +192,7 @@ class Server:
 
     async def _start(self) -> None:
         settings = self.settings
-        add_services(self.grpc, self.service)
+        handlers = add_services(self.grpc, self.service)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         if settings.reflection:
             enable_reflection(
@@ -208,12 +212,19 @@ class Server:
             raise OSError(f"could not bind {address} (address in use?)") from err
         if self.port == 0:
             raise OSError(f"could not bind {address} (address in use?)")
+        if settings.http_port is not None:
+            self.http = HttpGateway(
+                settings, SERVICE, handlers, self.interceptors, bearer_auth=self.tokens is not None
+            )
+            self.http.bind(settings.host, settings.http_port)  # served once gRPC is
         if settings.metrics_port is not None:
             host = settings.metrics_host or settings.host
             self._metrics_endpoint = self.metrics.serve(host, settings.metrics_port)
             self.metrics_port = self._metrics_endpoint.port
         await self.worker.start()
         await self.grpc.start()
+        if self.http is not None:
+            await self.http.start()
         await self._probe()
         self._probe_task = asyncio.create_task(self._probe_loop(), name="stepline-health")
 
@@ -256,6 +267,14 @@ class Server:
     def target(self) -> str:
         return f"{self.settings.host}:{self.port}"
 
+    @property
+    def http_url(self) -> str | None:
+        """The HTTP API's base URL (`http://127.0.0.1:8080`); None when it is off."""
+        if self.http is None or self.http.port is None:
+            return None
+        host = self.settings.host
+        return f"{self.http.scheme}://{f'[{host}]' if ':' in host else host}:{self.http.port}"
+
     async def stop(self, grace: float | None = None) -> None:
         """Drain: NOT_SERVING, finish or hand back in-flight runs, close RPCs and the store."""
         grace = self.settings.shutdown_grace if grace is None else grace
@@ -269,6 +288,8 @@ class Server:
         self.service.drain()
         await self.worker.stop(grace)
         await self.grpc.stop(grace=min(grace, 1.0))
+        if self.http is not None:
+            await self.http.stop()
         await self.store.close()
         if self._metrics_endpoint is not None:
             self._metrics_endpoint.close()

@@ -33,7 +33,7 @@ _GC_THRESHOLD = 20_000
 # Flags whose values must not be echoed back in error messages.
 _SECRET_FIELDS = frozenset({"auth_tokens"})
 # Settings fields whose flag is not simply the field name with dashes.
-_FLAGS = {"auth_tokens": "auth-token"}
+_FLAGS = {"auth_tokens": "auth-token", "http_cors_origins": "http-cors-origin"}
 
 
 def _serve_parser(sub: Any) -> None:
@@ -123,6 +123,23 @@ def _serve_parser(sub: Any) -> None:
         default=None,
     )
 
+    g = serve.add_argument_group("HTTP/JSON API (docs/http.md)")
+    flag(
+        g,
+        "http-port",
+        "also serve the API as HTTP/JSON on this port of --host (0 picks one; default off)",
+        type=int,
+    )
+    flag(
+        g,
+        "http-cors-origin",
+        "browser origin allowed to call the HTTP API, e.g. https://ops.example.com, or * "
+        "(repeatable; default: none, CORS off)",
+        dest="http_cors_origins",
+        action="append",
+        metavar="ORIGIN",
+    )
+
     g = serve.add_argument_group("observability")
     flag(g, "log-level", "DEBUG, INFO, WARNING or ERROR (default INFO)")
     flag(g, "log-format", "console or json (default console)", choices=["console", "json"])
@@ -200,6 +217,8 @@ async def _serve(settings: Settings) -> int:
         else "plaintext",
         "bearer-token auth" if server.tokens is not None else "no auth",
     ]
+    if server.http_url is not None:
+        extras.append(f"HTTP/JSON API on {server.http_url}")
     if server.metrics_port is not None:
         host = settings.metrics_host or settings.host
         extras.append(f"metrics on http://{host}:{server.metrics_port}/metrics")

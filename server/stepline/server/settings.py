@@ -7,6 +7,7 @@ is validated when it is built, so a bad value stops the server before it binds a
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -14,6 +15,8 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+# A browser origin as sent in the Origin header: scheme, host and an optional port.
+_ORIGIN = re.compile(r"https?://[^/\s:]+(:[0-9]{1,5})?|https?://\[[0-9a-fA-F:.]+\](:[0-9]{1,5})?")
 
 
 class ConfigError(ValueError):
@@ -68,6 +71,15 @@ class Settings(BaseSettings):
     tls_client_ca: Path | None = None
     tls_require_client_auth: bool = False
 
+    # -- HTTP/JSON API (stepline.server.http) ----------------------------------------------------
+    # Serve the HTTP/JSON API and its OpenAPI document on this port of `host`, with the same
+    # TLS and tokens as gRPC; None turns it off, 0 picks a free port.
+    http_port: int | None = Field(default=None, ge=0, le=65535)
+    # Browser origins (scheme://host[:port]) allowed to call the HTTP API (CORS); "*" allows
+    # any. Empty (the default): no CORS headers, so browsers only allow same-origin pages.
+    # Env: a comma-separated list.
+    http_cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
     # -- observability -------------------------------------------------------------------------
     log_level: LogLevel = "INFO"
     log_format: Literal["console", "json"] = "console"
@@ -94,6 +106,25 @@ class Settings(BaseSettings):
             value = value.split(",")
         if isinstance(value, list | tuple):
             return [token.strip() if isinstance(token, str) else token for token in value]
+        return value
+
+    @field_validator("http_cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [origin for origin in value.split(",") if origin.strip()]
+        if isinstance(value, list | tuple):
+            return [o.strip() if isinstance(o, str) else o for o in value]
+        return value
+
+    @field_validator("http_cors_origins")
+    @classmethod
+    def _valid_origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if origin != "*" and not _ORIGIN.fullmatch(origin):
+                raise ValueError(
+                    f"{origin!r} is not an origin: scheme://host[:port] without a path, or *"
+                )
         return value
 
     @field_validator("auth_tokens")

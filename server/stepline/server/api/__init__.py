@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 from google.protobuf.message_factory import GetMessageClass
 
@@ -14,14 +16,15 @@ from .wire import lenient_deserializer
 SERVICE = workflow_service_pb2.DESCRIPTOR.services_by_name["WorkflowService"]
 
 
-def add_services(server: grpc.aio.Server, service: RunService) -> None:
-    """Register WorkflowService on `server`, backed by `service`.
+def add_services(server: grpc.aio.Server, service: RunService) -> dict[str, Any]:
+    """Register WorkflowService on `server`, backed by `service`; returns its method handlers
+    by method name (grpc.RpcMethodHandler), which the HTTP API dispatches into too.
 
     Like the generated `add_WorkflowServiceServicer_to_server`, but request bytes that do not
     decode reach the handler as a MalformedRequest (refused with INVALID_ARGUMENT) instead of
     failing inside grpc with UNKNOWN."""
     servicer = WorkflowServicer(service)
-    handlers = {}
+    handlers: dict[str, Any] = {}
     for method in SERVICE.methods:
         make = (
             grpc.unary_stream_rpc_method_handler
@@ -37,6 +40,7 @@ def add_services(server: grpc.aio.Server, service: RunService) -> None:
         (grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),)
     )
     server.add_registered_method_handlers(SERVICE.full_name, handlers)
+    return handlers
 
 
 __all__ = ["WorkflowServicer", "add_services"]
