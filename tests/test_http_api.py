@@ -302,6 +302,25 @@ async def test_a_grpc_timeout_header_is_the_call_deadline(api: Api) -> None:
     assert bad.status == 400 and bad.reason == "BAD_HEADER"
 
 
+async def test_message_and_concurrency_limits_apply(
+    store: Store, session: aiohttp.ClientSession
+) -> None:
+    server = await _server(store, max_message_bytes=4096, max_concurrent_rpcs=1)
+    try:
+        assert server.http_url is not None
+        api = Api(session, server.http_url)
+        large = await api.post("/v1/workflows/sequence/runs", {"inputData": {"pad": "x" * 5000}})
+        assert large.status == 413 and large.reason == "BODY_TOO_LARGE"
+        assert large.body["code"] == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+        run_id = await _suspended(api)
+        async with api.stream("GET", f"/v1/runs/{run_id}:watch?keepOpenOnSuspend=true") as open_:
+            await open_.take(1)  # this call holds the one slot
+            busy = await api.get("/v1/workflows")
+            assert busy.status == 429 and busy.reason == "TOO_MANY_REQUESTS"
+    finally:
+        await server.stop(grace=1)
+
+
 # -- tokens and scopes ---------------------------------------------------------------------------
 
 
@@ -514,6 +533,7 @@ def test_sse_reconnects_with_last_event_id_after_a_restart(tmp_path: Path) -> No
 
 async def _reconnect_across_restart(launch: Launcher, flags: tuple[str, ...], base: str) -> None:
     first = launch(*flags)
+    await eventually(lambda: f"HTTP/JSON API on {base}" in first.log)  # the start-up line
     async with aiohttp.ClientSession() as session:
         api = Api(session, base)
         run_id = await _suspended(api, "restart?")

@@ -11,9 +11,12 @@ from pathlib import Path
 import pytest
 from google.api import annotations_pb2, http_pb2  # type: ignore[import-untyped]
 from google.protobuf import descriptor_pb2
+from pydantic import ValidationError
 
+from stepline.server import cli
 from stepline.server.auth import required_scope
 from stepline.server.http.routes import PathTemplate, RouteTable, TemplateError
+from stepline.server.settings import Settings
 from stepline.v1 import workflow_service_pb2
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -128,3 +131,24 @@ def test_the_most_specific_route_wins() -> None:
     assert by_workflow.values == {("workflow_id",): "greet"}
     assert table.find("PUT", "/v1/runs/r1") is None
     assert table.allowed("/v1/runs/r1") == ["DELETE", "GET"]
+
+
+# -- settings ------------------------------------------------------------------------------------
+
+
+def test_http_settings_from_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STEPLINE_HTTP_PORT", "8080")
+    monkeypatch.setenv("STEPLINE_HTTP_CORS_ORIGINS", "https://ops.example, http://[::1]:3000")
+    from_env = Settings()
+    assert from_env.http_port == 8080
+    assert from_env.http_cors_origins == ["https://ops.example", "http://[::1]:3000"]
+    args = cli._parser().parse_args(
+        ["serve", "--http-port", "0", "--http-cors-origin", "*", "--http-cors-origin", "http://a:1"]
+    )
+    from_flags = cli._settings(args)
+    assert from_flags.http_port == 0 and from_flags.http_cors_origins == ["*", "http://a:1"]
+    for origin in ("https://ops.example/console", "ops.example", "ftp://ops.example"):
+        with pytest.raises(ValidationError):
+            Settings(http_cors_origins=[origin])
+    with pytest.raises(ValidationError):
+        Settings(http_port=70000)
