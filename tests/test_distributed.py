@@ -497,6 +497,59 @@ async def test_sigstopped_replica_is_fenced_after_takeover(
     )
 
 
+# -- 2b. Restart after a SIGKILL answers the recovering pass ---------------------------------
+async def test_restart_after_a_kill_answers_with_the_recovering_pass(
+    serve: Launcher, redis_server: str, report: Report
+) -> None:
+    """A replica dies mid-step; once its lease expires the survivor's recovery re-drives the
+    run. A Restart sent to the survivor while that pass runs waits for it and answers its
+    result, instead of refusing the run as held by a live replica."""
+    prefix = new_prefix("restart")
+    peek = Peek(redis_server, prefix)
+    victim, survivor = await start_replicas(serve, 2, *serve_flags(redis_server, prefix))
+    async with contextlib.AsyncExitStack() as stack, asyncio.timeout(60):
+        stack.push_async_callback(peek.close)
+        via_victim, via_survivor = await connect_all(stack, [victim, survivor])
+        run = await via_victim.start_async("stalling", {"seconds": 3.0}, timeout=CALL_SECONDS)
+        run_id = run.run_id
+        async with asyncio.timeout(10):
+            async for event in via_survivor.watch(run_id):
+                if event.type is EventType.STEP_START and event.step_id == "stall":
+                    break
+        assert (await peek.owners([run_id])).get(run_id) == victim.process.pid
+        killed_at = kill(victim, signal.SIGKILL)
+        await asyncio.to_thread(victim.process.wait, 5)
+
+        await until(
+            lambda: peek.owners([run_id]),
+            lambda held: held.get(run_id) == survivor.process.pid,
+            seconds=20,
+            what="the survivor's recovery to take the run over",
+        )
+        taken_at = time.time()
+        result = await via_survivor.restart(run_id)
+        answered_at = time.time()
+        events = await events_of(via_survivor, run_id)
+
+    assert result.status is RunStatus.SUCCESS, result
+    pid = survivor.process.pid
+    assert result.result == {"stalled_pid": pid, "pid": pid}
+    assert step_pids(result) == {"stall": pid, "after_stall": pid}
+    check_history(events, run_id, ["stall", "after_stall"])
+    # One recovery pass, which the restart waited for: it started no pass of its own.
+    assert restart_reasons(events) == ["start", "restart"]
+    assert [e.step_id for e in events if e.type is EventType.STEP_START] == [
+        "stall",
+        "stall",
+        "after_stall",
+    ]
+    report(
+        f"Restart after SIGKILL: recovery took the run {taken_at - killed_at:.2f}s after the "
+        f"kill (lease-ttl {LEASE_TTL}s); Restart answered SUCCESS "
+        f"{answered_at - taken_at:.2f}s later, with the recovering pass's result"
+    )
+
+
 # -- 3. SIGTERM drains: in-flight runs are handed over, never canceled -----------------------
 async def test_sigterm_drain_hands_runs_to_the_other_replica(
     serve: Launcher, redis_server: str, report: Report

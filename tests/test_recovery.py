@@ -121,3 +121,70 @@ async def test_shutdown_hands_runs_to_another_replica_and_watch_follows(store: S
     finally:
         await client.close()
         await second.stop(grace=1)
+
+
+async def test_restart_of_a_run_this_replica_recovered_answers_that_pass(store: Store) -> None:
+    """The dead replica's lease expires, this replica's recovery takes the run over, and a
+    Restart sent to this replica meanwhile waits for that pass instead of refusing the run
+    as held (as a Start waits for a run its replica executes)."""
+    service = RunService(store, registry())
+    started = await service.start(StartParams("cancellable", {"seconds": 1.5}))
+    run_id = started.run_id
+    lease = await store.acquire(run_id, "dead-replica", ttl=0.3)
+    assert lease is not None
+    snap = lease.run.snapshot
+    snap.status = RunStatus.RUNNING
+    snap.steps["wait_for_cancel"] = StepRecord(
+        status=StepStatus.RUNNING, payload={"seconds": 1.5}, started_at=now()
+    )
+    snap.active_steps["wait_for_cancel"] = [0]
+    start = Event(type=EventType.WORKFLOW_START, data={"workflow_id": "cancellable"})
+    step = Event(type=EventType.STEP_START, data={"step_id": "wait_for_cancel"})
+    await store.write(snap, [start, step], fence=lease.fence)
+
+    settings = Settings(host="127.0.0.1", port=0, workflows=["tests.flows"], lease_ttl=1.0)
+    server = await Server.start(settings, store=store)
+    client = await Client.connect(server.target)
+    try:
+        deadline = asyncio.get_running_loop().time() + 10
+        while server.worker.pass_of(run_id) is None:  # recovery has not taken it over yet
+            assert asyncio.get_running_loop().time() < deadline, "the run was not recovered"
+            await asyncio.sleep(0.02)
+        result = await client.restart(run_id)
+        events = [event async for event in client.watch(run_id)]
+    finally:
+        await client.close()
+        await server.stop(grace=1)
+    assert result.status is ClientStatus.SUCCESS
+    assert result.result == {"canceled": False}
+    starts = [e for e in events if e.type is ClientEventType.WORKFLOW_START]
+    assert len(starts) == 2  # the original pass and the recovery: the restart added none
+    assert flows.SEEN[run_id] == ["waiting", "never_after_cancel"]  # re-run once, not twice
+
+
+async def test_a_duplicate_queue_entry_leaves_the_pass_in_progress_alone(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Recovery, timers and Restart may queue a run twice. The worker that takes the spare
+    entry while its own pass of the run is in progress drops it, and waiters on this replica
+    (a Start, a Restart) still follow that pass."""
+    worker = Worker(store, registry(), lease_ttl=5.0, poll_block=0.1)
+    service = RunService(store, registry(), runner=worker)
+    await worker.start()
+    try:
+        started = await service.start(StartParams("cancellable", {"seconds": 1.0}))
+        run_id = started.run_id
+        in_progress = worker.pass_of(run_id)
+        assert in_progress is not None
+        await store.enqueue(run_id)  # the spare entry
+        deadline = asyncio.get_running_loop().time() + 5
+        while await store.queue_depth() > 0:
+            assert asyncio.get_running_loop().time() < deadline, "the entry was never taken"
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.1)  # the spare entry's task acquires nothing and ends
+        assert worker.pass_of(run_id) is in_progress and not in_progress.done()
+        done = await asyncio.wait_for(service.wait(run_id), 10)
+    finally:
+        await worker.stop(grace=1.0)
+    assert done.snapshot.status is RunStatus.SUCCESS
+    assert "engine error" not in caplog.text

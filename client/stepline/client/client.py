@@ -478,7 +478,10 @@ class Client:
         trace_id: str = "",
         trace_metadata: Mapping[str, Any] | None = None,
     ) -> RunResult:
-        """Re-drive an active run that no server holds; a finished run returns its result.
+        """Re-drive an active run that no server holds, and wait until it settles; a finished
+        run returns its result. A run whose server died is `FailedPrecondition` ("RUN_HELD")
+        until that server's lease expires; the server whose recovery then took it over
+        answers with that pass's result.
 
         `request_context` is merged over the stored one (its keys win); `trace_id` and
         `trace_metadata` replace the run's, from this re-drive on.

@@ -43,7 +43,14 @@ class StartAsyncRequest(_message.Message):
     """Caller-chosen run id; generated when empty."""
     resource_id: _builtins.str
     request_id: _builtins.str
-    """Idempotency key: a retried start with the same run_id and request_id starts nothing new."""
+    """Idempotency key: a start sent again with the same request_id (to any replica, until the
+    run it started is deleted or its retention ends) starts nothing and answers that run,
+    created = false; the first start wins, whatever input a later one carries. Without
+    run_id the run id is derived from workflow_id and request_id, so the key alone decides;
+    with run_id, the run_id names the run, and a start naming it with another request_id
+    (or none) is ALREADY_EXISTS. The Stepline clients send a random request_id on every
+    start unless the caller gives one, and reuse it when they send that start again.
+    """
     per_step: _builtins.bool
     """Run one top-level step (a step, a nested workflow, a map, a sleep, or a whole parallel,
     branch, loop or foreach entry), then stop with status PAUSED and a workflow-paused event.
@@ -93,7 +100,7 @@ class StartAsyncResponse(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     created: _builtins.bool
-    """False when the request was a retry of an earlier start (same run_id and request_id)."""
+    """False when the request was a retry of an earlier start (same request_id)."""
     status: _run_pb2.RunStatus.ValueType
     def __init__(
         self,
@@ -128,6 +135,7 @@ class StartRequest(_message.Message):
     run_id: _builtins.str
     resource_id: _builtins.str
     request_id: _builtins.str
+    """See StartAsyncRequest.request_id."""
     per_step: _builtins.bool
     """See StartAsyncRequest.per_step."""
     @_builtins.property
@@ -201,6 +209,7 @@ class StreamRequest(_message.Message):
     run_id: _builtins.str
     resource_id: _builtins.str
     request_id: _builtins.str
+    """See StartAsyncRequest.request_id."""
     keep_open_on_suspend: _builtins.bool
     """By default the stream ends when the run suspends; true keeps it open across resumes."""
     per_step: _builtins.bool

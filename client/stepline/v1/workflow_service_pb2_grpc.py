@@ -28,7 +28,13 @@ if _version_not_supported:
 class WorkflowServiceStub:
     """Runs workflows durably. Every RPC error carries google.rpc.Status details:
     ErrorInfo always (domain "stepline.dev"), BadRequest for field problems,
-    PreconditionFailure for state problems.
+    PreconditionFailure for state problems. An INVALID_ARGUMENT message names the first
+    field violation and counts the others ("invalid start request for workflow 'chain':
+    input_data.x: Input should be a valid integer (and 2 more)"). Its ErrorInfo reason is
+    INVALID_ARGUMENT, INVALID_RESUME_DATA (resume data failing the step's resume schema),
+    UNKNOWN_STEP (a time travel step the graph does not have), VALUE_TOO_DEEP (a JSON value
+    nested deeper than 32 levels, however deep) or MALFORMED_REQUEST (bytes that do not
+    decode as the request).
     """
 
     def __init__(self, channel):
@@ -122,7 +128,13 @@ class WorkflowServiceStub:
 class WorkflowServiceServicer:
     """Runs workflows durably. Every RPC error carries google.rpc.Status details:
     ErrorInfo always (domain "stepline.dev"), BadRequest for field problems,
-    PreconditionFailure for state problems.
+    PreconditionFailure for state problems. An INVALID_ARGUMENT message names the first
+    field violation and counts the others ("invalid start request for workflow 'chain':
+    input_data.x: Input should be a valid integer (and 2 more)"). Its ErrorInfo reason is
+    INVALID_ARGUMENT, INVALID_RESUME_DATA (resume data failing the step's resume schema),
+    UNKNOWN_STEP (a time travel step the graph does not have), VALUE_TOO_DEEP (a JSON value
+    nested deeper than 32 levels, however deep) or MALFORMED_REQUEST (bytes that do not
+    decode as the request).
     """
 
     def StartAsync(self, request, context):
@@ -178,7 +190,10 @@ class WorkflowServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Restart(self, request, context):
-        """Re-drives an active run that no live replica holds.
+        """Re-drives an active run that no live replica holds, and waits until it settles: a run
+        whose lease has expired is taken over at once. A run the answering replica is already
+        driving (its recovery took it over) is waited for and that pass's result returned;
+        one another live replica holds is FAILED_PRECONDITION, reason RUN_HELD.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -336,7 +351,13 @@ def add_WorkflowServiceServicer_to_server(servicer, server):
 class WorkflowService:
     """Runs workflows durably. Every RPC error carries google.rpc.Status details:
     ErrorInfo always (domain "stepline.dev"), BadRequest for field problems,
-    PreconditionFailure for state problems.
+    PreconditionFailure for state problems. An INVALID_ARGUMENT message names the first
+    field violation and counts the others ("invalid start request for workflow 'chain':
+    input_data.x: Input should be a valid integer (and 2 more)"). Its ErrorInfo reason is
+    INVALID_ARGUMENT, INVALID_RESUME_DATA (resume data failing the step's resume schema),
+    UNKNOWN_STEP (a time travel step the graph does not have), VALUE_TOO_DEEP (a JSON value
+    nested deeper than 32 levels, however deep) or MALFORMED_REQUEST (bytes that do not
+    decode as the request).
     """
 
     @staticmethod

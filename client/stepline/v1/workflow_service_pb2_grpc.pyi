@@ -29,7 +29,13 @@ GRPC_VERSION: str
 class WorkflowServiceStub:
     """Runs workflows durably. Every RPC error carries google.rpc.Status details:
     ErrorInfo always (domain "stepline.dev"), BadRequest for field problems,
-    PreconditionFailure for state problems.
+    PreconditionFailure for state problems. An INVALID_ARGUMENT message names the first
+    field violation and counts the others ("invalid start request for workflow 'chain':
+    input_data.x: Input should be a valid integer (and 2 more)"). Its ErrorInfo reason is
+    INVALID_ARGUMENT, INVALID_RESUME_DATA (resume data failing the step's resume schema),
+    UNKNOWN_STEP (a time travel step the graph does not have), VALUE_TOO_DEEP (a JSON value
+    nested deeper than 32 levels, however deep) or MALFORMED_REQUEST (bytes that do not
+    decode as the request).
     """
 
     @_typing.overload
@@ -55,7 +61,11 @@ class WorkflowServiceStub:
     each open iteration a step-progress, with status CANCELED, before workflow-canceled.
     """
     Restart: _grpc.UnaryUnaryMultiCallable[_workflow_service_pb2.RestartRequest, _workflow_service_pb2.RestartResponse]
-    """Re-drives an active run that no live replica holds."""
+    """Re-drives an active run that no live replica holds, and waits until it settles: a run
+    whose lease has expired is taken over at once. A run the answering replica is already
+    driving (its recovery took it over) is waited for and that pass's result returned;
+    one another live replica holds is FAILED_PRECONDITION, reason RUN_HELD.
+    """
     TimeTravel: _grpc.UnaryUnaryMultiCallable[_workflow_service_pb2.TimeTravelRequest, _workflow_service_pb2.TimeTravelResponse]
     """Re-executes a settled run from a given step (this is also how a PAUSED run continues).
     The step and its input are checked against the graph first; a refused time travel
@@ -80,7 +90,13 @@ class WorkflowServiceStub:
 class WorkflowServiceAsyncStub(WorkflowServiceStub):
     """Runs workflows durably. Every RPC error carries google.rpc.Status details:
     ErrorInfo always (domain "stepline.dev"), BadRequest for field problems,
-    PreconditionFailure for state problems.
+    PreconditionFailure for state problems. An INVALID_ARGUMENT message names the first
+    field violation and counts the others ("invalid start request for workflow 'chain':
+    input_data.x: Input should be a valid integer (and 2 more)"). Its ErrorInfo reason is
+    INVALID_ARGUMENT, INVALID_RESUME_DATA (resume data failing the step's resume schema),
+    UNKNOWN_STEP (a time travel step the graph does not have), VALUE_TOO_DEEP (a JSON value
+    nested deeper than 32 levels, however deep) or MALFORMED_REQUEST (bytes that do not
+    decode as the request).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -103,7 +119,11 @@ class WorkflowServiceAsyncStub(WorkflowServiceStub):
     each open iteration a step-progress, with status CANCELED, before workflow-canceled.
     """
     Restart: _aio.UnaryUnaryMultiCallable[_workflow_service_pb2.RestartRequest, _workflow_service_pb2.RestartResponse]  # type: ignore[assignment]
-    """Re-drives an active run that no live replica holds."""
+    """Re-drives an active run that no live replica holds, and waits until it settles: a run
+    whose lease has expired is taken over at once. A run the answering replica is already
+    driving (its recovery took it over) is waited for and that pass's result returned;
+    one another live replica holds is FAILED_PRECONDITION, reason RUN_HELD.
+    """
     TimeTravel: _aio.UnaryUnaryMultiCallable[_workflow_service_pb2.TimeTravelRequest, _workflow_service_pb2.TimeTravelResponse]  # type: ignore[assignment]
     """Re-executes a settled run from a given step (this is also how a PAUSED run continues).
     The step and its input are checked against the graph first; a refused time travel
@@ -127,7 +147,13 @@ class WorkflowServiceAsyncStub(WorkflowServiceStub):
 class WorkflowServiceServicer(metaclass=_abc_1.ABCMeta):
     """Runs workflows durably. Every RPC error carries google.rpc.Status details:
     ErrorInfo always (domain "stepline.dev"), BadRequest for field problems,
-    PreconditionFailure for state problems.
+    PreconditionFailure for state problems. An INVALID_ARGUMENT message names the first
+    field violation and counts the others ("invalid start request for workflow 'chain':
+    input_data.x: Input should be a valid integer (and 2 more)"). Its ErrorInfo reason is
+    INVALID_ARGUMENT, INVALID_RESUME_DATA (resume data failing the step's resume schema),
+    UNKNOWN_STEP (a time travel step the graph does not have), VALUE_TOO_DEEP (a JSON value
+    nested deeper than 32 levels, however deep) or MALFORMED_REQUEST (bytes that do not
+    decode as the request).
     """
 
     @_abc_1.abstractmethod
@@ -196,7 +222,11 @@ class WorkflowServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _workflow_service_pb2.RestartRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_workflow_service_pb2.RestartResponse, _abc.Awaitable[_workflow_service_pb2.RestartResponse]]:
-        """Re-drives an active run that no live replica holds."""
+        """Re-drives an active run that no live replica holds, and waits until it settles: a run
+        whose lease has expired is taken over at once. A run the answering replica is already
+        driving (its recovery took it over) is waited for and that pass's result returned;
+        one another live replica holds is FAILED_PRECONDITION, reason RUN_HELD.
+        """
 
     @_abc_1.abstractmethod
     def TimeTravel(

@@ -455,9 +455,11 @@ class RunService:
     async def restart(self, params: RestartParams) -> StoredRun:
         """Re-drive a RUNNING/WAITING run that no live replica holds, from its recorded steps,
         and wait until it settles; the request's context, tracing and output options are
-        stored with the run first. A SUCCESS/FAILED run is returned as stored, untouched.
-        Raises RunNotFound, InvalidArgument (bad trace id), FailedPrecondition (held by a
-        live replica; pending, suspended, paused or canceled)."""
+        stored with the run first. A run whose lease expired is taken over at once; a run
+        this replica is executing (its recovery took it over) is waited for. A SUCCESS/FAILED
+        run is returned as stored, untouched. Raises RunNotFound, InvalidArgument (bad trace
+        id), FailedPrecondition (held by another live replica; pending, suspended, paused or
+        canceled)."""
         run_id = params.run_id
         if params.trace_id and not _TRACE_ID.fullmatch(params.trace_id):
             raise InvalidArgument(
@@ -475,9 +477,16 @@ class RunService:
                 f"run {run_id!r} is {snap.status}; only a running or waiting run can be restarted",
             )
         if stored.leased:
-            raise _precondition(
-                snap, "RUN_HELD", f"run {run_id!r} is held by a live replica; it is not orphaned"
-            )
+            if self.runner is None or self.runner.pass_of(run_id) is None:
+                raise _precondition(
+                    snap,
+                    "RUN_HELD",
+                    f"run {run_id!r} is held by a live replica; it is not orphaned",
+                )
+            # This replica is driving the run (its recovery took the orphan over, typically):
+            # the answer is that pass's result, as for a start this replica executes. The
+            # pass runs with the options it has.
+            return await self.wait(run_id, after_sequence=stored.last_sequence)
         await self._store_restart_options(stored, params)
         await self._dispatch(run_id)
         return await self.wait(run_id, after_sequence=stored.last_sequence)

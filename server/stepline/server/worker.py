@@ -382,10 +382,18 @@ class Worker:
         """Execute a queued run (`item`: acquire its lease first) or a held one (`lease`)."""
         run_id = item.run_id if item is not None else lease.run_id if lease is not None else ""
         handed_back = False
+        # This task's pass, once it holds the run (`execute` made it for a held one). Only
+        # its own: a spare queue entry taken while another task runs the run leaves that
+        # task's pass alone.
+        own = self._passes.get(run_id) if lease is not None else None
         logs.bind_run(run_id)  # this task's log lines are about this run
         try:
             if item is not None:
                 lease = await self.store.acquire(run_id, self.owner, self.lease_ttl)
+                if lease is not None:
+                    # Held here from now on: a wait (or a Restart) on this replica follows
+                    # the pass, from before the pass begins.
+                    own = self._passes[run_id] = asyncio.get_running_loop().create_future()
                 # The queue entry has done its job: from here the lease and the watchdog
                 # account for the run. (If acquiring failed for want of a store, the entry
                 # stays pending and housekeeping queues the run again.)
@@ -411,9 +419,11 @@ class Worker:
                 # meet it again, so the run fails now instead of being recovered for ever.
                 await self._fail_on_engine_error(lease)
         finally:
-            unended = self._passes.pop(run_id, None)  # cancelled before its pass began
-            if unended is not None and not unended.done():
-                unended.set_result(None)
+            if own is not None:  # ended before (or without) its pass
+                if self._passes.get(run_id) is own:
+                    del self._passes[run_id]
+                if not own.done():
+                    own.set_result(None)
             if handed_back and lease is not None:
                 await self._hand_back(lease)
 
@@ -478,7 +488,8 @@ class Worker:
         finally:
             if self._passes.get(lease.run_id) is ended:
                 del self._passes[lease.run_id]
-            ended.set_result(outcome)
+            if not ended.done():
+                ended.set_result(outcome)
             journal.end(snapshot, error)
 
     def _pass_observers(self, snapshot: Snapshot) -> list[PassObserver]:

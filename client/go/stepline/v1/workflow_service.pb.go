@@ -35,7 +35,13 @@ type StartAsyncRequest struct {
 	InitialState   *structpb.Struct `protobuf:"bytes,5,opt,name=initial_state,json=initialState,proto3" json:"initial_state,omitempty"`
 	RequestContext *structpb.Struct `protobuf:"bytes,6,opt,name=request_context,json=requestContext,proto3" json:"request_context,omitempty"`
 	TracingOptions *TracingOptions  `protobuf:"bytes,7,opt,name=tracing_options,json=tracingOptions,proto3" json:"tracing_options,omitempty"`
-	// Idempotency key: a retried start with the same run_id and request_id starts nothing new.
+	// Idempotency key: a start sent again with the same request_id (to any replica, until the
+	// run it started is deleted or its retention ends) starts nothing and answers that run,
+	// created = false; the first start wins, whatever input a later one carries. Without
+	// run_id the run id is derived from workflow_id and request_id, so the key alone decides;
+	// with run_id, the run_id names the run, and a start naming it with another request_id
+	// (or none) is ALREADY_EXISTS. The Stepline clients send a random request_id on every
+	// start unless the caller gives one, and reuse it when they send that start again.
 	RequestId string `protobuf:"bytes,8,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	// include_state is remembered by the run: later results and finish events carry the state.
 	OutputOptions *OutputOptions `protobuf:"bytes,9,opt,name=output_options,json=outputOptions,proto3" json:"output_options,omitempty"`
@@ -151,7 +157,7 @@ func (x *StartAsyncRequest) GetPerStep() bool {
 type StartAsyncResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	RunId string                 `protobuf:"bytes,1,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
-	// False when the request was a retry of an earlier start (same run_id and request_id).
+	// False when the request was a retry of an earlier start (same request_id).
 	Created       bool      `protobuf:"varint,2,opt,name=created,proto3" json:"created,omitempty"`
 	Status        RunStatus `protobuf:"varint,3,opt,name=status,proto3,enum=stepline.v1.RunStatus" json:"status,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -218,8 +224,9 @@ type StartRequest struct {
 	InitialState   *structpb.Struct       `protobuf:"bytes,5,opt,name=initial_state,json=initialState,proto3" json:"initial_state,omitempty"`
 	RequestContext *structpb.Struct       `protobuf:"bytes,6,opt,name=request_context,json=requestContext,proto3" json:"request_context,omitempty"`
 	TracingOptions *TracingOptions        `protobuf:"bytes,7,opt,name=tracing_options,json=tracingOptions,proto3" json:"tracing_options,omitempty"`
-	RequestId      string                 `protobuf:"bytes,8,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
-	OutputOptions  *OutputOptions         `protobuf:"bytes,9,opt,name=output_options,json=outputOptions,proto3" json:"output_options,omitempty"`
+	// See StartAsyncRequest.request_id.
+	RequestId     string         `protobuf:"bytes,8,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	OutputOptions *OutputOptions `protobuf:"bytes,9,opt,name=output_options,json=outputOptions,proto3" json:"output_options,omitempty"`
 	// See StartAsyncRequest.per_step.
 	PerStep       bool `protobuf:"varint,10,opt,name=per_step,json=perStep,proto3" json:"per_step,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -379,7 +386,8 @@ type StreamRequest struct {
 	InitialState   *structpb.Struct       `protobuf:"bytes,5,opt,name=initial_state,json=initialState,proto3" json:"initial_state,omitempty"`
 	RequestContext *structpb.Struct       `protobuf:"bytes,6,opt,name=request_context,json=requestContext,proto3" json:"request_context,omitempty"`
 	TracingOptions *TracingOptions        `protobuf:"bytes,7,opt,name=tracing_options,json=tracingOptions,proto3" json:"tracing_options,omitempty"`
-	RequestId      string                 `protobuf:"bytes,8,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// See StartAsyncRequest.request_id.
+	RequestId string `protobuf:"bytes,8,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	// By default the stream ends when the run suspends; true keeps it open across resumes.
 	KeepOpenOnSuspend bool `protobuf:"varint,9,opt,name=keep_open_on_suspend,json=keepOpenOnSuspend,proto3" json:"keep_open_on_suspend,omitempty"`
 	// include_state is remembered by the run: the finish event carries the state.

@@ -43,7 +43,13 @@ const (
 //
 // Runs workflows durably. Every RPC error carries google.rpc.Status details:
 // ErrorInfo always (domain "stepline.dev"), BadRequest for field problems,
-// PreconditionFailure for state problems.
+// PreconditionFailure for state problems. An INVALID_ARGUMENT message names the first
+// field violation and counts the others ("invalid start request for workflow 'chain':
+// input_data.x: Input should be a valid integer (and 2 more)"). Its ErrorInfo reason is
+// INVALID_ARGUMENT, INVALID_RESUME_DATA (resume data failing the step's resume schema),
+// UNKNOWN_STEP (a time travel step the graph does not have), VALUE_TOO_DEEP (a JSON value
+// nested deeper than 32 levels, however deep) or MALFORMED_REQUEST (bytes that do not
+// decode as the request).
 type WorkflowServiceClient interface {
 	// Validates the input, records the run durably and queues it; returns its id.
 	StartAsync(ctx context.Context, in *StartAsyncRequest, opts ...grpc.CallOption) (*StartAsyncResponse, error)
@@ -62,7 +68,10 @@ type WorkflowServiceClient interface {
 	// steps and foreach iterations included): each step the cancel closes gets a step-result,
 	// each open iteration a step-progress, with status CANCELED, before workflow-canceled.
 	Cancel(ctx context.Context, in *CancelRequest, opts ...grpc.CallOption) (*CancelResponse, error)
-	// Re-drives an active run that no live replica holds.
+	// Re-drives an active run that no live replica holds, and waits until it settles: a run
+	// whose lease has expired is taken over at once. A run the answering replica is already
+	// driving (its recovery took it over) is waited for and that pass's result returned;
+	// one another live replica holds is FAILED_PRECONDITION, reason RUN_HELD.
 	Restart(ctx context.Context, in *RestartRequest, opts ...grpc.CallOption) (*RestartResponse, error)
 	// Re-executes a settled run from a given step (this is also how a PAUSED run continues).
 	// The step and its input are checked against the graph first; a refused time travel
@@ -294,7 +303,13 @@ func (c *workflowServiceClient) GetWorkflow(ctx context.Context, in *GetWorkflow
 //
 // Runs workflows durably. Every RPC error carries google.rpc.Status details:
 // ErrorInfo always (domain "stepline.dev"), BadRequest for field problems,
-// PreconditionFailure for state problems.
+// PreconditionFailure for state problems. An INVALID_ARGUMENT message names the first
+// field violation and counts the others ("invalid start request for workflow 'chain':
+// input_data.x: Input should be a valid integer (and 2 more)"). Its ErrorInfo reason is
+// INVALID_ARGUMENT, INVALID_RESUME_DATA (resume data failing the step's resume schema),
+// UNKNOWN_STEP (a time travel step the graph does not have), VALUE_TOO_DEEP (a JSON value
+// nested deeper than 32 levels, however deep) or MALFORMED_REQUEST (bytes that do not
+// decode as the request).
 type WorkflowServiceServer interface {
 	// Validates the input, records the run durably and queues it; returns its id.
 	StartAsync(context.Context, *StartAsyncRequest) (*StartAsyncResponse, error)
@@ -313,7 +328,10 @@ type WorkflowServiceServer interface {
 	// steps and foreach iterations included): each step the cancel closes gets a step-result,
 	// each open iteration a step-progress, with status CANCELED, before workflow-canceled.
 	Cancel(context.Context, *CancelRequest) (*CancelResponse, error)
-	// Re-drives an active run that no live replica holds.
+	// Re-drives an active run that no live replica holds, and waits until it settles: a run
+	// whose lease has expired is taken over at once. A run the answering replica is already
+	// driving (its recovery took it over) is waited for and that pass's result returned;
+	// one another live replica holds is FAILED_PRECONDITION, reason RUN_HELD.
 	Restart(context.Context, *RestartRequest) (*RestartResponse, error)
 	// Re-executes a settled run from a given step (this is also how a PAUSED run continues).
 	// The step and its input are checked against the graph first; a refused time travel

@@ -63,7 +63,13 @@ export type StartAsyncRequest = Message<"stepline.v1.StartAsyncRequest"> & {
   tracingOptions?: TracingOptions | undefined;
 
   /**
-   * Idempotency key: a retried start with the same run_id and request_id starts nothing new.
+   * Idempotency key: a start sent again with the same request_id (to any replica, until the
+   * run it started is deleted or its retention ends) starts nothing and answers that run,
+   * created = false; the first start wins, whatever input a later one carries. Without
+   * run_id the run id is derived from workflow_id and request_id, so the key alone decides;
+   * with run_id, the run_id names the run, and a start naming it with another request_id
+   * (or none) is ALREADY_EXISTS. The Stepline clients send a random request_id on every
+   * start unless the caller gives one, and reuse it when they send that start again.
    *
    * @generated from field: string request_id = 8;
    */
@@ -104,7 +110,7 @@ export type StartAsyncResponse = Message<"stepline.v1.StartAsyncResponse"> & {
   runId: string;
 
   /**
-   * False when the request was a retry of an earlier start (same run_id and request_id).
+   * False when the request was a retry of an earlier start (same request_id).
    *
    * @generated from field: bool created = 2;
    */
@@ -163,6 +169,8 @@ export type StartRequest = Message<"stepline.v1.StartRequest"> & {
   tracingOptions?: TracingOptions | undefined;
 
   /**
+   * See StartAsyncRequest.request_id.
+   *
    * @generated from field: string request_id = 8;
    */
   requestId: string;
@@ -244,6 +252,8 @@ export type StreamRequest = Message<"stepline.v1.StreamRequest"> & {
   tracingOptions?: TracingOptions | undefined;
 
   /**
+   * See StartAsyncRequest.request_id.
+   *
    * @generated from field: string request_id = 8;
    */
   requestId: string;
@@ -1082,7 +1092,13 @@ export const GetWorkflowResponseSchema: GenMessage<GetWorkflowResponse> = /*@__P
 /**
  * Runs workflows durably. Every RPC error carries google.rpc.Status details:
  * ErrorInfo always (domain "stepline.dev"), BadRequest for field problems,
- * PreconditionFailure for state problems.
+ * PreconditionFailure for state problems. An INVALID_ARGUMENT message names the first
+ * field violation and counts the others ("invalid start request for workflow 'chain':
+ * input_data.x: Input should be a valid integer (and 2 more)"). Its ErrorInfo reason is
+ * INVALID_ARGUMENT, INVALID_RESUME_DATA (resume data failing the step's resume schema),
+ * UNKNOWN_STEP (a time travel step the graph does not have), VALUE_TOO_DEEP (a JSON value
+ * nested deeper than 32 levels, however deep) or MALFORMED_REQUEST (bytes that do not
+ * decode as the request).
  *
  * @generated from service stepline.v1.WorkflowService
  */
@@ -1161,7 +1177,10 @@ export const WorkflowService: GenService<{
     output: typeof CancelResponseSchema;
   },
   /**
-   * Re-drives an active run that no live replica holds.
+   * Re-drives an active run that no live replica holds, and waits until it settles: a run
+   * whose lease has expired is taken over at once. A run the answering replica is already
+   * driving (its recovery took it over) is waited for and that pass's result returned;
+   * one another live replica holds is FAILED_PRECONDITION, reason RUN_HELD.
    *
    * @generated from rpc stepline.v1.WorkflowService.Restart
    */
