@@ -17,6 +17,7 @@ from .api import SERVICE, add_services
 from .api.interceptors import AuthInterceptor, TelemetryInterceptor
 from .api.reflection import enable_reflection
 from .auth import TokenTable
+from .console import mount as mount_console
 from .errors import StoreUnavailable
 from .http import HttpGateway
 from .logs import RunLog
@@ -216,6 +217,8 @@ class Server:
             self.http = HttpGateway(
                 settings, SERVICE, handlers, self.interceptors, bearer_auth=self.tokens is not None
             )
+            # The console (stepline.server.console): the run inspector at / on the same port.
+            mount_console(self.http.app, self.service, self.tokens, settings)
             self.http.bind(settings.host, settings.http_port)  # served once gRPC is
         if settings.metrics_port is not None:
             host = settings.metrics_host or settings.host

@@ -154,6 +154,11 @@ def _serve_parser(sub: Any) -> None:
     flag(g, "otlp-endpoint", "OTLP/gRPC collector address (default: OTEL_EXPORTER_OTLP_*)")
     flag(g, "service-name", "service.name of the spans (default stepline)")
     flag(g, "health-probe-interval", "seconds between store health probes (default 2)", type=float)
+    flag(
+        g,
+        "trace-url-template",
+        "the console links trace ids here: an http(s) URL with {trace_id} in it",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:

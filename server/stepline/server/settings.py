@@ -91,6 +91,11 @@ class Settings(BaseSettings):
     # OTLP/gRPC collector address; default: the exporter's own (OTEL_EXPORTER_OTLP_* env).
     otlp_endpoint: str | None = None
     service_name: str = Field(default="stepline", min_length=1)
+    # The console links a run's trace id here: an http(s) URL with `{trace_id}` in it, e.g.
+    # https://tracing.example/trace/{trace_id}. None: the trace id is shown without a link.
+    trace_url_template: str | None = Field(
+        default=None, pattern=r"^https?://[^\s]*\{trace_id\}[^\s]*$"
+    )
     # How often the store is probed for the health status and the queue-depth gauge.
     health_probe_interval: float = Field(default=2.0, gt=0)
 
