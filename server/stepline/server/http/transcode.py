@@ -91,9 +91,7 @@ def request_message(
 
 def to_json(message: Message) -> Any:
     """A message as proto3 JSON (a dict), every field present (defaults included)."""
-    return _integral(
-        json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
-    )
+    return _integral(json_format.MessageToDict(message, always_print_fields_with_no_presence=True))
 
 
 def _integral(value: Any) -> Any:
