@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +25,7 @@ from stepline.client import (
 )
 from stepline.client.cli import UNICODE, EventPrinter, draw_graph, print_result
 from tests.ops_support import BOUND, serve
-from tests.processes import REPO_ROOT, environment, free_port, stepline_command
+from tests.processes import REPO_ROOT, environment, free_port, healthy, stepline_command
 from tests.processes import Replica as Serving
 
 pytestmark = pytest.mark.timeout(90)
@@ -446,3 +447,54 @@ def test_a_canceled_run_draws_no_step_as_still_going() -> None:
         ["■", "napping", "canceled"],
         ["■", "busy", "canceled"],
     ]
+
+
+def test_serve_names_a_workflows_module_it_cannot_import(tmp_path: Path) -> None:
+    missing = subprocess.run(
+        [*stepline_command(), "serve", "--port", str(free_port()), "--workflows", "nope.flows"],
+        cwd=tmp_path,
+        env=environment(),
+        capture_output=True,
+        text=True,
+        timeout=BOUND,
+    )
+    assert missing.returncode == 2
+    assert "--workflows nope.flows: no module named 'nope'" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+
+def test_serve_imports_workflows_beside_the_user(tmp_path: Path) -> None:
+    (tmp_path / "myflows.py").write_text(
+        "from pydantic import BaseModel\n"
+        "from stepline.server import StepContext, Workflow, step\n\n\n"
+        "class N(BaseModel):\n    n: int\n\n\n"
+        "@step(input=N, output=N)\nasync def inc(ctx: StepContext[N]) -> N:\n"
+        "    return N(n=ctx.input.n + 1)\n\n\n"
+        'mine = Workflow("mine", input=N, output=N).then(inc).commit()\n'
+    )
+    env = {k: v for k, v in environment().items() if k != "PYTHONPATH"}
+    port = free_port()
+    server = subprocess.Popen(
+        [*stepline_command(), "serve", "--port", str(port), "--workflows", "myflows"],
+        cwd=tmp_path,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + BOUND
+        while not healthy(f"127.0.0.1:{port}") and time.monotonic() < deadline:
+            assert server.poll() is None, server.stderr.read() if server.stderr else ""
+            time.sleep(0.05)
+        listed = subprocess.run(
+            [*stepline_command(), "run", "mine", "--input", '{"n": 1}', "--json"],
+            env=dict(env, STEPLINE_TARGET=f"127.0.0.1:{port}"),
+            capture_output=True,
+            text=True,
+            timeout=BOUND,
+        )
+    finally:
+        server.terminate()
+        server.wait(timeout=BOUND)
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout)["result"] == {"n": 2}

@@ -729,3 +729,8 @@ def main(args: argparse.Namespace, out: TextIO | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("stepline: interrupted (a started run carries on on the server)\n")
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`stepline runs list | head`): stop quietly, as Unix tools do,
+        # and keep the interpreter from complaining again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK

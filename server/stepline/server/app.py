@@ -56,7 +56,17 @@ def open_store(settings: Settings) -> Store:
 def load_registry(settings: Settings) -> Registry:
     registry = Registry()
     for module in settings.workflows:
-        registry.load_module(module)
+        try:
+            registry.load_module(module)
+        except ModuleNotFoundError as err:
+            # Only a module named by --workflows (or a package above it) is a setting error;
+            # anything the module itself fails to import is its author's traceback to read.
+            if err.name is None or not (module + ".").startswith(err.name + "."):
+                raise
+            raise ConfigError(
+                f"--workflows {module}: no module named {err.name!r} (modules are imported "
+                "from the current directory and PYTHONPATH)"
+            ) from None
     return registry
 
 

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -275,6 +276,10 @@ def serve(args: argparse.Namespace) -> int:
         format=settings.log_format,
         secrets=auth.settings_secrets(settings),
     )
+    # `--workflows mypkg.flows` names a module beside the user, as `python -m` would find it;
+    # the console script's sys.path starts at its own bin directory instead.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     _tune_gc()
     try:
         import uvloop
