@@ -7,4 +7,4 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$root/scripts/bootstrap.sh" runtime
-exec "$root/.venv/bin/stepline" serve --http-port "${STEPLINE_HTTP_PORT:-8080}" "$@"
+exec "$root/.venv/bin/stepline" serve --http-port "${STEPLINE_HTTP_PORT:-8080}" --example-runs "$@"

@@ -338,3 +338,35 @@ def test_every_setting_is_a_serve_flag() -> None:
         50,
         2.0,
     )
+
+
+async def test_example_runs_start_once_on_an_empty_store(
+    serve: Launcher, redis_server: str
+) -> None:
+    """`--example-runs` (what scripts/serve.sh passes) gives a newcomer runs to look at: the
+    examples' sample runs, finished and suspended; a restart on the same Redis adds none."""
+    flags = (
+        "--redis-url", redis_server,
+        "--redis-prefix", f"e2e-{uuid.uuid4().hex[:12]}",
+        "--example-runs",
+    )  # fmt: skip
+    first = await _start(serve, *flags)
+    async with asyncio.timeout(TEST_SECONDS), await Client.connect(first.target) as client:
+        while True:
+            page = await client.list_runs()
+            settled = [r for r in page.runs if r.status in (RunStatus.SUCCESS, RunStatus.SUSPENDED)]
+            if len(settled) == 5:
+                break
+            await asyncio.sleep(0.05)
+    assert sorted((run.workflow_id, run.status.value) for run in page.runs) == [
+        ("approval", "suspended"),
+        ("greet", "success"),
+        ("greet", "success"),
+        ("onboarding", "success"),
+        ("onboarding", "success"),
+    ]
+    code, _ = await _stop(first)
+    assert code == 0, first.log
+    second = await _start(serve, *flags)
+    async with asyncio.timeout(TEST_SECONDS), await Client.connect(second.target) as client:
+        assert len((await client.list_runs()).runs) == 5

@@ -1,5 +1,5 @@
 """Example workflows served by `stepline serve` by default (`--workflows stepline_examples`)."""
 
-from .flows import approval, greet, onboarding
+from .flows import EXAMPLE_RUNS, approval, greet, onboarding
 
-__all__ = ["approval", "greet", "onboarding"]
+__all__ = ["EXAMPLE_RUNS", "approval", "greet", "onboarding"]

@@ -115,3 +115,14 @@ approval = (
     .then(review)
     .commit()
 )
+
+
+# Sample runs that `stepline serve --example-runs` (as `scripts/serve.sh` runs it) starts on an
+# empty store, so the console has something to show: finished, suspended and branching runs.
+EXAMPLE_RUNS = [
+    ("greet", {"name": "Ada"}),
+    ("greet", {"name": "Grace"}),
+    ("onboarding", {"email": "lin@example.com", "plan": "enterprise"}),
+    ("onboarding", {"email": "sam@example.com"}),
+    ("approval", {"item": "laptop", "amount": 1200}),
+]

@@ -22,9 +22,9 @@ from .errors import StoreUnavailable
 from .http import HttpGateway
 from .logs import RunLog
 from .metrics import Metrics, MetricsEndpoint
-from .runs import RunService
+from .runs import RunService, StartParams
 from .settings import ConfigError, Settings
-from .store import Store
+from .store import RunFilter, Store
 from .store.memory import MemoryStore
 from .store.redis import RedisStore
 from .telemetry import Tracing
@@ -240,6 +240,21 @@ class Server:
             await self.http.start()
         await self._probe()
         self._probe_task = asyncio.create_task(self._probe_loop(), name="stepline-health")
+        if settings.example_runs:
+            await self._start_example_runs()
+
+    async def _start_example_runs(self) -> None:
+        """Start the modules' sample runs, once: only into a store that holds no run yet, so
+        a restart on Redis adds none."""
+        examples = self.registry.example_runs
+        if not examples or (await self.store.list_runs(RunFilter(), 1, "")).rows:
+            return
+        for example in examples:
+            try:
+                await self.service.start(StartParams(example.workflow_id, example.input_data))
+            except Exception as err:  # a bad sample must not keep the server from serving
+                log.warning("example run of %s not started: %s", example.workflow_id, err)
+        log.info("started %d example runs", len(examples))
 
     # -- health --------------------------------------------------------------------------------
     async def _probe_loop(self) -> None:

@@ -82,6 +82,14 @@ def _serve_parser(sub: Any) -> None:
     )
     flag(
         g,
+        "example-runs",
+        "start the sample runs of the --workflows modules (their EXAMPLE_RUNS) when the "
+        "store is empty (default off; scripts/serve.sh turns it on)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+    )
+    flag(
+        g,
         "reflection",
         "serve gRPC reflection (default on)",
         action=argparse.BooleanOptionalAction,
@@ -224,7 +232,7 @@ async def _serve(settings: Settings) -> int:
         "bearer-token auth" if server.tokens is not None else "no auth",
     ]
     if server.http_url is not None:
-        extras.append(f"HTTP/JSON API on {server.http_url}")
+        extras.append(f"HTTP/JSON API on {server.http_url} (console: {server.http_url}/)")
     if server.metrics_port is not None:
         host = settings.metrics_host or settings.host
         extras.append(f"metrics on http://{host}:{server.metrics_port}/metrics")

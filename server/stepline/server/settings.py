@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     # How long one Redis command may go unanswered before the call fails UNAVAILABLE.
     redis_timeout: float = Field(default=5.0, gt=0)
     workflows: list[str] = Field(default_factory=lambda: ["stepline_examples"])
+    # Start the sample runs that --workflows modules list in EXAMPLE_RUNS, once, when the
+    # store holds no run yet (what `scripts/serve.sh` shows a newcomer in the console).
+    example_runs: bool = False
     max_concurrent_runs: int = Field(default=64, ge=1)
     lease_ttl: float = Field(default=5.0, gt=0)
     shutdown_grace: float = Field(default=10.0, ge=0)

@@ -484,11 +484,20 @@ class Workflow:
 _AnyJson: Any = Any
 
 
+@dataclass(frozen=True)
+class ExampleRun:
+    """A sample run a workflows module offers (`EXAMPLE_RUNS`), started by `--example-runs`."""
+
+    workflow_id: str
+    input_data: Any
+
+
 class Registry:
     """The committed workflows a server runs, by id."""
 
     def __init__(self, workflows: Iterable[Workflow] = ()) -> None:
         self._workflows: dict[str, Workflow] = {}
+        self.example_runs: list[ExampleRun] = []
         for wf in workflows:
             self.register(wf)
 
@@ -503,11 +512,14 @@ class Registry:
         self._workflows[workflow.id] = workflow
 
     def load_module(self, name: str) -> list[Workflow]:
-        """Import `name` and register every committed Workflow at its top level."""
+        """Import `name` and register every committed Workflow at its top level, and the
+        module's `EXAMPLE_RUNS` (a sequence of `(workflow_id, input)` pairs), if it has one."""
         module = importlib.import_module(name)
         found = [v for v in vars(module).values() if isinstance(v, Workflow) and v.committed]
         for wf in found:
             self.register(wf)
+        for workflow_id, input_data in getattr(module, "EXAMPLE_RUNS", ()):
+            self.example_runs.append(ExampleRun(str(workflow_id), input_data))
         return found
 
     def get(self, workflow_id: str) -> Workflow | None:
