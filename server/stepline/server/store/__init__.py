@@ -1,4 +1,12 @@
-"""Run storage: one interface, an in-process and a Redis implementation."""
+"""Run storage: one interface, an in-process and a Redis implementation.
+
+`RedisStore` is imported on first use, so the engine and the memory store work without the
+redis package installed.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from .base import (
     CreateOutcome,
@@ -13,7 +21,9 @@ from .base import (
     WriteOutcome,
 )
 from .memory import MemoryStore
-from .redis import RedisStore
+
+if TYPE_CHECKING:
+    from .redis import RedisStore
 
 __all__ = [
     "CreateOutcome",
@@ -29,3 +39,11 @@ __all__ = [
     "WorkItem",
     "WriteOutcome",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RedisStore":
+        from .redis import RedisStore
+
+        return RedisStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,312 @@
+"""The run operations of the Redis store: create, get, write, the lease (acquire, renew,
+release), cancel, delete, and reading and waiting on a run's events.
+
+A run is one hash (the snapshot JSON plus `ver`, `seq`, `fence`, lease and `cancel` fields) and
+one event stream whose entry ids are `0-<sequence>`, so a cursor is a stream id. Every guarded
+change is one Lua script (`scripts.py`) over the run's two keys; the global keys it touches on
+the side (watchdog, timers, indexes, `expiring`) are plain commands in the same round trip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, cast
+
+from redis import exceptions as redis_errors
+from redis.commands.core import AsyncScript
+from redis.typing import KeyT, StreamIdT
+
+from ..errors import LeaseLost, RunNotFound, StoreConflict
+from ..model import Event, Snapshot, SnapshotImage
+from . import scripts
+from .base import CLAIM_GRACE, CreateOutcome, Lease, Renewal, StoredRun, WriteOutcome
+from .redis_core import RedisCore, block_ms, reachable
+from .redis_queue import queue_entry
+from .resp import Arg
+
+__all__ = ["RunOperations"]
+
+
+class RunOperations(RedisCore):
+    """`RedisStore`'s run operations."""
+
+    async def create(
+        self, snapshot: Snapshot, *, lease_owner: str = "", lease_ttl: float = 0.0
+    ) -> CreateOutcome:
+        """Record and index a new run in one round trip, then queue it (a second one) unless
+        it is held for `lease_owner`; an existing id is returned untouched.
+
+        The watchdog, the indexes and the queue are global keys, which Redis Cluster does not
+        let one script touch together with the run's keys; so they are plain commands in the
+        same pipeline. The watchdog deadline goes first: a crash right after the script still
+        gets the run queued by `recover`. Index entries are added only-if-absent, so an id
+        that already existed keeps its own; the rejected run's entries under other indexes
+        are taken out again (the collision path only)."""
+        run_id = snapshot.run_id
+        now = time.time()
+        held = bool(lease_owner)
+        until = now + lease_ttl
+        args = [
+            SnapshotImage.of(snapshot).json,
+            snapshot.status.value,
+            snapshot.workflow_id,
+            snapshot.resource_id,
+            repr(snapshot.created_at),
+            repr(snapshot.updated_at),
+            snapshot.request_id,
+            lease_owner,
+            repr(until),
+        ]
+        indexes = self._keys.indexes(snapshot.workflow_id, snapshot.resource_id)
+        commands: list[list[Arg]] = [
+            ["ZADD", self._keys.watchdog, until if held else now + CLAIM_GRACE, run_id],
+            self._scripted(self._create, self._run_keys(run_id), args),
+        ]
+        commands += [["ZADD", index, "NX", snapshot.created_at, run_id] for index in indexes]
+        replies = await self._pipeline(commands)
+        reply = replies[1]
+        created = reply[0] == 1
+        run = _stored(reply[1:], now)
+        if created and not held:
+            await self._pipeline([queue_entry(self._keys, run_id)])
+        if not created:
+            existing = run.snapshot
+            own = self._keys.indexes(existing.workflow_id, existing.resource_id)
+            stray = set(indexes) - set(own)
+            if stray:
+                await self._pipeline([["ZREM", index, run_id] for index in stray])
+        lease = Lease(run_id=run_id, fence=1, run=run) if created and held else None
+        return CreateOutcome(created=created, run=run, lease=lease)
+
+    async def get(self, run_id: str) -> StoredRun | None:
+        now = time.time()
+        (fields,) = await self._pipeline([["HMGET", self._keys.run(run_id), *scripts.RUN_FIELDS]])
+        return None if fields[0] is None else _stored(fields, now)
+
+    async def write(
+        self,
+        snapshot: Snapshot | SnapshotImage,
+        events: Sequence[Event] = (),
+        *,
+        fence: int | None = None,
+        expected_version: int | None = None,
+        release: bool = False,
+        wake_at: float | None = None,
+    ) -> WriteOutcome:
+        """Store the snapshot and append the events in one script (see `Store.write`).
+
+        A timer (`wake_at`) lives in a global sorted set that the script can't touch under
+        Redis Cluster, so it is added before the script, in the same pipeline: if the write
+        then fails, the timer only queues a run that acquiring then ignores; a timer is never
+        lost after a successful write."""
+        if fence is not None and expected_version is None:
+            guard = ["fence", str(fence)]
+        elif fence is None and expected_version is not None:
+            guard = ["version", str(expected_version)]
+        else:
+            raise ValueError("write needs exactly one guard: fence or expected_version")
+        image = SnapshotImage.of(snapshot)
+        run_id = image.run_id
+        settled = image.status.settled
+        finished = image.status.finished
+        args = [
+            *guard,
+            repr(time.time()),
+            "1" if release else "0",
+            "1" if settled else "0",
+            image.json,
+            image.status.value,
+            repr(image.updated_at),
+            image.request_id,
+            self._retention_ms,
+            self._max_events,
+            "1" if finished else "0",
+            # The sequence lives in the entry id, so it is left out of the entry.
+            *(
+                event.model_dump_json(exclude={"sequence"}, exclude_defaults=True)
+                for event in events
+            ),
+        ]
+
+        commands: list[list[Arg]] = []
+        if wake_at is not None:
+            commands.append(["ZADD", self._keys.timers, wake_at, run_id])
+        if not settled and (expected_version is not None or release):
+            # Nothing will hold the run after this write: watch it until something does.
+            deadline = (wake_at or time.time()) + CLAIM_GRACE
+            commands.append(["ZADD", self._keys.watchdog, deadline, run_id])
+        if finished and self._retention:
+            expires = time.time() + self._retention
+            member = self._keys.expiring_member(run_id, image.workflow_id, image.resource_id)
+            commands.append(["ZADD", self._keys.expiring, expires, member])
+        commands.append(self._scripted(self._write, self._run_keys(run_id), args))
+        if settled:
+            # Nothing can be orphaned any more. (If the script refused a stale holder, the
+            # live holder's next renewal puts the deadline back.)
+            commands.append(["ZREM", self._keys.watchdog, run_id])
+        replies = await self._pipeline(commands)
+        reply = replies[-2] if settled else replies[-1]
+        match reply[0]:
+            case "ok":
+                return WriteOutcome(
+                    version=int(reply[1]),
+                    last_sequence=int(reply[2]),
+                    cancel_requested=reply[3] == "1",
+                )
+            case "missing":
+                raise RunNotFound(run_id)
+            case "stale_fence":
+                raise LeaseLost(f"fence {fence} of run {run_id!r} is stale")
+            case "version_moved":
+                raise StoreConflict(f"run {run_id!r} is no longer at version {expected_version}")
+            case "leased":
+                raise StoreConflict(f"run {run_id!r} is held by a lease")
+        raise AssertionError(f"unexpected write reply {reply!r}")
+
+    async def acquire(self, run_id: str, owner: str, ttl: float) -> Lease | None:
+        now = time.time()
+        args = [owner, repr(now), repr(now + ttl)]
+        reply = await self._watched(self._acquire, run_id, args, now + ttl)
+        if reply[0] == 0:
+            return None
+        return Lease(run_id=run_id, fence=int(reply[0]), run=_stored(reply[1:], now))
+
+    async def renew(self, run_id: str, fence: int, ttl: float) -> Renewal:
+        until = time.time() + ttl
+        renewed = await self._watched(self._renew, run_id, [str(fence), repr(until)], until)
+        return Renewal(held=renewed > 0, cancel_requested=renewed == 2)
+
+    async def _watched(
+        self, script: AsyncScript, run_id: str, args: list[str], deadline: float
+    ) -> Any:
+        """Run a lease script with the run's watchdog deadline set in the same round trip.
+
+        The deadline is set even when the script refuses: `recover` checks the run hash
+        before acting on a deadline, so a spare one costs a read, never a wrong re-queue."""
+        commands: list[list[Arg]] = [
+            ["ZADD", self._keys.watchdog, deadline, run_id],
+            self._scripted(script, [self._keys.run(run_id)], args),
+        ]
+        return (await self._pipeline(commands))[1]
+
+    async def release(self, run_id: str, fence: int) -> None:
+        release = self._scripted(self._release, [self._keys.run(run_id)], [str(fence)])
+        await self._pipeline([release])
+
+    async def request_cancel(self, run_id: str) -> bool:
+        args = [repr(time.time()), self._keys.cancel_channel, run_id]
+        (flagged,) = await self._pipeline(
+            [self._scripted(self._request_cancel, [self._keys.run(run_id)], args)]
+        )
+        return bool(flagged == 1)
+
+    async def cancel_requests(self) -> AsyncIterator[str]:
+        """Cancel requests from every replica, from the first iteration on (each iterator has
+        its own subscription). Raises `StoreUnavailable` when the connection drops."""
+        pubsub = self._blocking.pubsub(ignore_subscribe_messages=True)
+        try:
+            with reachable():
+                await pubsub.subscribe(self._keys.cancel_channel)
+            while True:
+                with reachable():
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+                if message is not None and message["type"] == "message":
+                    yield str(message["data"])
+        finally:
+            with contextlib.suppress(redis_errors.RedisError, OSError):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def delete(self, run_id: str) -> bool:
+        (reply,) = await self._pipeline([self._scripted(self._delete, self._run_keys(run_id), [])])
+        if reply[0] == 0:
+            return False
+        # A crash before this leaves index entries that list_runs skips and removes.
+        await self._pipeline(
+            [
+                ["ZREM", key, run_id]
+                for key in (
+                    *self._keys.indexes(str(reply[1]), str(reply[2])),
+                    self._keys.timers,
+                    self._keys.watchdog,
+                )
+            ]
+        )
+        return True
+
+    async def read_events(self, run_id: str, after: int, limit: int = 1000) -> list[Event]:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        replies = await self._pipeline(
+            [
+                ["MULTI"],
+                ["EXISTS", self._keys.run(run_id)],
+                ["XRANGE", self._keys.events(run_id), f"(0-{max(after, 0)}", "+", "COUNT", limit],
+                ["EXEC"],
+            ]
+        )
+        exists, entries = replies[-1]
+        if not exists:
+            raise RunNotFound(run_id)
+        return _raw_events(entries)
+
+    # `timeout` is the Store interface's name for the bound.
+    async def wait_events(self, run_id: str, after: int, timeout: float) -> list[Event]:
+        events = await self.read_events(run_id, after)
+        if events or timeout <= 0:
+            return events
+        # XREAD from an explicit id (not `$`) also returns what arrived since the read above.
+        streams: dict[KeyT, StreamIdT] = {self._keys.events(run_id): f"0-{max(after, 0)}"}
+        with reachable():
+            async with asyncio.timeout(timeout + self._grace):
+                reply = await self._blocking.xread(streams, count=1000, block=block_ms(timeout))
+        streams_read = cast(list[tuple[str, Any]] | None, reply)
+        return [event for _stream, entries in streams_read or [] for event in _events(entries)]
+
+    async def first_kept_sequence(self, run_id: str) -> int:
+        replies = await self._pipeline(
+            [
+                ["MULTI"],
+                ["HGET", self._keys.run(run_id), "seq"],
+                ["XRANGE", self._keys.events(run_id), "-", "+", "COUNT", 1],
+                ["EXEC"],
+            ]
+        )
+        last, first = replies[-1]
+        if last is None:
+            raise RunNotFound(run_id)
+        return _sequence(first[0][0]) if first else int(last) + 1
+
+
+def _stored(fields: Sequence[Any], now: float) -> StoredRun:
+    snap, version, sequence, cancel, owner, lease_until = fields
+    return StoredRun(
+        snapshot=Snapshot.model_validate_json(snap),
+        version=int(version),
+        last_sequence=int(sequence),
+        cancel_requested=cancel == "1",
+        leased=bool(owner) and float(lease_until) >= now,
+    )
+
+
+def _raw_events(entries: Any) -> list[Event]:
+    """Events from a raw XRANGE reply: [[entry id, [field, value]], ...]."""
+    return [
+        Event.model_validate_json(fields[1]).model_copy(update={"sequence": _sequence(entry_id)})
+        for entry_id, fields in entries or []
+    ]
+
+
+def _events(entries: Any) -> list[Event]:
+    return [
+        Event.model_validate_json(fields[scripts.EVENT_FIELD]).model_copy(
+            update={"sequence": _sequence(entry_id)}
+        )
+        for entry_id, fields in entries or []
+    ]
+
+
+def _sequence(entry_id: str) -> int:
+    return int(entry_id.removeprefix("0-"))
