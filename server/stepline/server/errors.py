@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .model import Snapshot
 
 
 class SteplineError(Exception):
@@ -97,6 +101,25 @@ class FailedPrecondition(SteplineError):
         self.status = status
         self.suspended_steps = list(suspended_steps)
         self.suspended_indexes = None if suspended_indexes is None else list(suspended_indexes)
+
+    @classmethod
+    def of_run(
+        cls,
+        snap: Snapshot,
+        reason: str,
+        message: str,
+        *,
+        suspended_indexes: Sequence[int] | None = None,
+    ) -> FailedPrecondition:
+        """A refusal about `snap`'s run, naming its status and its suspended steps."""
+        return cls(
+            message,
+            reason=reason,
+            run_id=snap.run_id,
+            status=snap.status.value,
+            suspended_steps=sorted(snap.suspended_paths),
+            suspended_indexes=suspended_indexes,
+        )
 
 
 class ResumeAlreadyClaimed(SteplineError):

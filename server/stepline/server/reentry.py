@@ -1,5 +1,5 @@
-"""Re-entering a settled run at a chosen step: the data a resumed step takes, the foreach
-iteration a resume names, and what a time travel re-executes and how it rewinds the snapshot.
+"""Re-entering a settled run at a chosen step by time travel: what it re-executes and how it
+rewinds the snapshot. (Which step a resume addresses is `resume_target.py`.)
 
 Time travel re-executes a run from a step (its *target*) and every entry after it. The target
 and its input are checked against the graph before anything is touched. The snapshot is then
@@ -18,6 +18,7 @@ from typing import Any
 
 from .errors import FailedPrecondition, FieldViolation, InvalidArgument
 from .model import PendingResume, RunStatus, Snapshot, StepRecord, StepStatus
+from .resume_target import resume_data
 from .schema import Schema, SchemaViolation
 from .workflows import (
     BranchNode,
@@ -35,69 +36,7 @@ from .workflows import (
 
 # ErrorInfo reasons of the refusals raised here.
 UNKNOWN_STEP = "UNKNOWN_STEP"
-ITERATION_NOT_SUSPENDED = "ITERATION_NOT_SUSPENDED"
 SNAPSHOT_MISMATCH = "SNAPSHOT_MISMATCH"
-
-
-def resume_data(step: Step[Any, Any], data: Any) -> Any:
-    """`data` checked against the step's resume schema (defaults applied). Raises
-    InvalidArgument (INVALID_RESUME_DATA)."""
-    if step.resume_schema is None:
-        return data
-    try:
-        return step.resume_schema.normalize(data if data is not None else {}, path="resume_data")
-    except SchemaViolation as err:
-        raise InvalidArgument(
-            f"invalid resume data for step {step.id!r}",
-            err.violations,
-            reason="INVALID_RESUME_DATA",
-        ) from None
-
-
-def suspended_iterations(snap: Snapshot, index: int, node: Node) -> list[int]:
-    """The suspended iterations of the foreach at entry `index` of `snap`'s graph ([] for an
-    entry that is not a foreach)."""
-    if not isinstance(node, ForeachNode):
-        return []
-    items = snap.entry_state.get(str(index), {}).get("items") or []
-    return [i for i, item in enumerate(items) if item is not None and item["status"] == "suspended"]
-
-
-def check_iteration(workflow: Workflow, snap: Snapshot, path: Sequence[str], index: int) -> None:
-    """Refuse a resume whose `for_each_index` names no suspended iteration of the step at
-    `path` (a suspended step, as the resume's target was found). Raises FailedPrecondition
-    (ITERATION_NOT_SUSPENDED) listing the suspended iterations."""
-    level, wf = snap, workflow
-    for segment in path[:-1]:
-        found = wf.find(segment)
-        child = level.children.get(segment)
-        if found is None or not isinstance(found[2], Workflow) or child is None:
-            break
-        level, wf = child, found[2]
-    found = wf.find(path[-1])
-    suspended = suspended_iterations(level, found[0], found[1]) if found is not None else []
-    if index in suspended:
-        return
-    dotted = ".".join(path)
-    if found is not None and isinstance(found[1], ForeachNode):
-        listed = ", ".join(str(i) for i in suspended) or "none"
-        message = (
-            f"iteration {index} of foreach step {dotted!r} is not suspended; "
-            f"suspended iterations: {listed}"
-        )
-    else:
-        message = f"step {dotted!r} is not a foreach: for_each_index {index} names no iteration"
-    raise FailedPrecondition(
-        message,
-        reason=ITERATION_NOT_SUSPENDED,
-        run_id=snap.run_id,
-        status=snap.status.value,
-        suspended_steps=sorted(snap.suspended_paths),
-        suspended_indexes=suspended,
-    )
-
-
-# -- time travel -----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -201,13 +140,7 @@ def rewind(
     index, node, unit = found
 
     def refuse(message: str) -> FailedPrecondition:
-        return FailedPrecondition(
-            message,
-            reason=SNAPSHOT_MISMATCH,
-            run_id=original.run_id,
-            status=original.status.value,
-            suspended_steps=sorted(original.suspended_paths),
-        )
+        return FailedPrecondition.of_run(original, SNAPSHOT_MISMATCH, message)
 
     graph_ids = {uid for entry in workflow.nodes for uid in node_ids(entry)}
     strangers = sorted(k for k in snap.steps if k not in graph_ids)

@@ -1,7 +1,8 @@
 """The run API every front end uses: start, resume, cancel, wait, watch, list, delete.
 
-Knows nothing of gRPC. Validates requests, records claims in the store, queues work for the
-worker, and reads the durable event log for waits and watches.
+Knows nothing of gRPC. Validates requests, records claims in the store and queues work for
+the worker. Waits and watches are `tailing.py`; which step a resume addresses is
+`resume_target.py`; how a time travel rewinds a run is `reentry.py`.
 """
 
 from __future__ import annotations
@@ -9,21 +10,19 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .cancellation import close_open_steps
 from .errors import (
     Conflict,
-    CursorExpired,
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
     ResumeAlreadyClaimed,
     RunAlreadyExists,
     RunNotFound,
-    ShuttingDown,
     StoreConflict,
     WorkflowNotFound,
 )
@@ -38,20 +37,18 @@ from .model import (
     StepRecord,
     now,
 )
-from .reentry import check_iteration, resume_data, rewind, travel_target
+from .reentry import rewind, travel_target
+from .resume_target import resume_target, split_path
 from .schema import Schema, SchemaViolation
 from .store import Lease, Page, RunFilter, Store, StoredRun
-from .workflows import Registry, Step, Workflow
+from .tailing import Tail
+from .workflows import Registry, Workflow
 
 _TRACE_ID = re.compile(r"[0-9a-fA-F]{1,32}")
 _TRACE_ID_RULE = "must be 1 to 32 hexadecimal characters"
-# Finish statuses after which a watch that keeps open on suspend stays open.
-_PARKED = frozenset({RunStatus.SUSPENDED.value, RunStatus.PAUSED.value})
 # Names the run of a start that carries a request id and no run id (see `_run_id_for`).
 _REQUEST_NAMESPACE = uuid.UUID("5d0f3c1e-8a4b-4f61-9e2d-7b1c6a0e4f93")
 _MAX_ID_LENGTH = 256
-# How long one blocking read of the log lasts before a watch re-checks the run still exists.
-_TAIL_BLOCK = 15.0
 # How long Cancel waits for a held run to stop before answering with its current status.
 _CANCEL_WAIT = 5.0
 _CAS_ATTEMPTS = 20
@@ -168,49 +165,12 @@ class RunService:
         self.registry = registry
         self.cancel_wait = cancel_wait
         self.runner = runner
-        # Resolved by drain(): every wait and watch then ends with ShuttingDown.
-        self._draining: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        # Blocking log reads in flight, by (run id, cursor), shared by their readers.
-        self._reads: dict[tuple[str, int], asyncio.Future[list[Event]]] = {}
+        self._tail = Tail(store, self.get, passes=runner)
 
     def drain(self) -> None:
         """End every wait and watch in progress (and refuse new ones) with ShuttingDown, so
         their callers reconnect to another replica. Runs themselves are not touched."""
-        if not self._draining.done():
-            self._draining.set_result(None)
-
-    async def _until(self, future: asyncio.Future[Any], timeout: float | None) -> None:
-        """Wait (bounded) for `future` without cancelling it; a drain interrupts."""
-        if self._draining.done():
-            raise ShuttingDown
-        waiters: set[asyncio.Future[Any]] = {future, self._draining}
-        await asyncio.wait(waiters, timeout=timeout, return_when="FIRST_COMPLETED")
-        if self._draining.done() and not future.done():
-            raise ShuttingDown
-
-    async def _next_events(self, run_id: str, cursor: int, block: float) -> list[Event]:
-        """A blocking read of the log (up to `block` seconds) that a drain interrupts.
-
-        Readers of one run at one cursor share a single store read: a thousand watchers of a
-        run cost one blocking read per batch of events, not a thousand. A reader that stops
-        waiting (its own deadline, a drain, a cancelled call) leaves the read to the others."""
-        if self._draining.done():
-            raise ShuttingDown  # before starting a read nobody would wait for
-        key = (run_id, cursor)
-        read = self._reads.get(key)
-        if read is None:
-            read = asyncio.ensure_future(self.store.wait_events(run_id, cursor, block))
-            self._reads[key] = read
-            read.add_done_callback(lambda done: self._read_over(key, done))
-        await self._until(read, block)
-        # Not done: this reader's block is over; the shared read goes on for the others.
-        return read.result() if read.done() else []
-
-    def _read_over(self, key: tuple[str, int], read: asyncio.Future[list[Event]]) -> None:
-        if self._reads.get(key) is read:
-            del self._reads[key]
-        if not read.cancelled():
-            read.exception()  # retrieved here, so an error nobody waited for is not reported
+        self._tail.drain()
 
     # -- workflows -------------------------------------------------------------------------
     def list_workflows(self) -> list[Workflow]:
@@ -289,30 +249,7 @@ class RunService:
         """Block (bounded by `timeout`; None = no bound) until a workflow-finish event with a
         sequence above `after_sequence` exists, then return the stored run. On timeout returns
         the current stored run, whatever its status. Raises RunNotFound."""
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        local = self.runner.pass_of(run_id) if self.runner is not None else None
-        if local is not None:
-            # Executing on this replica: its pass hands over the stored run when it ends.
-            await self._until(local, timeout)
-            ended = local.result() if local.done() else None
-            if ended is not None and ended.last_sequence > after_sequence:
-                return ended
-        else:
-            await self.get(run_id)
-        cursor = after_sequence
-        while True:
-            block = _TAIL_BLOCK if deadline is None else min(_TAIL_BLOCK, deadline - loop.time())
-            if block <= 0:
-                break
-            events = await self._next_events(run_id, cursor, block)
-            if any(e.is_finish for e in events):
-                break
-            if events:
-                cursor = events[-1].sequence
-            else:
-                await self.get(run_id)  # deleted meanwhile -> RunNotFound
-        return await self.get(run_id)
+        return await self._tail.wait(run_id, after_sequence=after_sequence, timeout=timeout)
 
     async def resume(self, params: ResumeParams) -> Resumed:
         """Claim a suspended run (compare-and-set) and queue its continuation. Raises
@@ -322,21 +259,26 @@ class RunService:
         if snap.status is not RunStatus.SUSPENDED:
             if snap.resumed_since_suspend and not snap.status.finished:
                 raise ResumeAlreadyClaimed(snap.run_id)
-            raise _precondition(
+            raise FailedPrecondition.of_run(
                 snap,
                 "RUN_NOT_SUSPENDED",
                 f"run {snap.run_id!r} is not suspended (status {snap.status})",
             )
         workflow = self.get_workflow(snap.workflow_id)
-        path, index, step = _resume_target(workflow, snap, params)
-        if index is not None:
-            check_iteration(workflow, snap, path, index)
-        data = resume_data(step, params.resume_data)
+        target = resume_target(
+            workflow,
+            snap,
+            step=params.step,
+            label=params.label,
+            for_each_index=params.for_each_index,
+            data=params.resume_data,
+        )
+        path = list(target.path)
 
         claimed = snap.model_copy(deep=True)
         claimed.status = RunStatus.RUNNING
         claimed.pending_resume = PendingResume(
-            step_id=path[0], path=path, data=data, for_each_index=index
+            step_id=path[0], path=path, data=target.data, for_each_index=target.for_each_index
         )
         claimed.resumed_since_suspend = True
         claimed.pass_announced = True
@@ -410,39 +352,14 @@ class RunService:
             raise RunNotFound(run_id)
         return stored
 
-    async def watch(
+    def watch(
         self, run_id: str, *, after_sequence: int = 0, keep_open_on_suspend: bool = False
     ) -> AsyncIterator[Event]:
         """Replay events after `after_sequence`, then tail until the run settles (finishes,
         or suspends unless keep_open_on_suspend). Raises RunNotFound, CursorExpired."""
-        if after_sequence < 0:
-            raise InvalidArgument(
-                "invalid watch cursor", [FieldViolation("after_sequence", "must not be negative")]
-            )
-        stored = await self.get(run_id)
-        first_kept = await self.store.first_kept_sequence(run_id)
-        if after_sequence + 1 < first_kept:
-            raise CursorExpired(run_id, after_sequence, first_kept)
-        cursor = after_sequence
-        while True:
-            status = stored.snapshot.status
-            ended = status.finished or (status.settled and not keep_open_on_suspend)
-            if ended and stored.last_sequence <= cursor:
-                return  # a reconnect after the final event: nothing more will come
-            events = await self._next_events(run_id, cursor, _TAIL_BLOCK)
-            if not events:
-                stored = await self.get(run_id)  # deleted meanwhile -> RunNotFound
-                continue
-            for event in events:
-                yield event
-            cursor = events[-1].sequence
-            last = events[-1]
-            ends = last.is_finish and (
-                last.data.get("status") not in _PARKED or not keep_open_on_suspend
-            )
-            # A finish followed by more events (a resume already began) is not the end.
-            if ends and not await self.store.read_events(run_id, cursor, limit=1):
-                return
+        return self._tail.watch(
+            run_id, after_sequence=after_sequence, keep_open_on_suspend=keep_open_on_suspend
+        )
 
     async def list_runs(self, filter: RunFilter, *, page_size: int, page_token: str) -> Page:
         return await self.store.list_runs(filter, page_size, page_token)
@@ -471,14 +388,14 @@ class RunService:
         if snap.status in (RunStatus.SUCCESS, RunStatus.FAILED):
             return stored
         if not snap.status.active:
-            raise _precondition(
+            raise FailedPrecondition.of_run(
                 snap,
                 "RUN_NOT_ACTIVE",
                 f"run {run_id!r} is {snap.status}; only a running or waiting run can be restarted",
             )
         if stored.leased:
             if self.runner is None or self.runner.pass_of(run_id) is None:
-                raise _precondition(
+                raise FailedPrecondition.of_run(
                     snap,
                     "RUN_HELD",
                     f"run {run_id!r} is held by a live replica; it is not orphaned",
@@ -518,11 +435,11 @@ class RunService:
         leaves the run untouched."""
         stored = await self.get(params.run_id)
         snap = stored.snapshot
-        path = _split_path(params.step, "step")
+        path = split_path(params.step, "step")
         workflow = self.get_workflow(snap.workflow_id)
         target = travel_target(workflow, path, params.input_data)
         if not snap.status.settled:
-            raise _precondition(
+            raise FailedPrecondition.of_run(
                 snap,
                 "RUN_IS_RUNNING",
                 f"run {snap.run_id!r} is {snap.status}; time travel needs a settled run",
@@ -600,91 +517,3 @@ def _conform(schema: Schema[Any], value: Any, path: str, violations: list[FieldV
     except SchemaViolation as err:
         violations.extend(err.violations)
         return None
-
-
-def _precondition(snap: Snapshot, reason: str, message: str) -> FailedPrecondition:
-    return FailedPrecondition(
-        message,
-        reason=reason,
-        run_id=snap.run_id,
-        status=snap.status.value,
-        suspended_steps=sorted(snap.suspended_paths),
-    )
-
-
-def _split_path(segments: Sequence[str], field_name: str) -> list[str]:
-    path = [seg for part in segments for seg in part.split(".")]
-    if not path or any(not seg for seg in path):
-        raise InvalidArgument(
-            "invalid step path", [FieldViolation(field_name, "must be a non-empty step path")]
-        )
-    return path
-
-
-def _leaf_names(snap: Snapshot) -> list[str]:
-    return sorted(".".join(leaf.path) for leaf in snap.suspended_leaves())
-
-
-def _resume_target(
-    workflow: Workflow, snap: Snapshot, params: ResumeParams
-) -> tuple[list[str], int | None, Step[Any, Any]]:
-    """Which suspended step a resume addresses (by label, by path, or the only one), checked
-    level by level into nested workflows. Returns its full path, foreach index and step."""
-    index = params.for_each_index
-    if params.label:
-        label = snap.resume_labels.get(params.label)
-        if label is None:
-            raise _precondition(
-                snap,
-                "UNKNOWN_RESUME_LABEL",
-                f"no suspended step has the resume label {params.label!r}",
-            )
-        path = list(label.path) or [label.step_id]
-        index = label.for_each_index if index is None else index
-    elif params.step:
-        path = _split_path(params.step, "step")
-    else:
-        leaves = _leaf_names(snap)
-        if not leaves:
-            raise _precondition(snap, "NO_SUSPENDED_STEPS", "the run has no suspended steps")
-        if len(leaves) > 1:
-            raise _precondition(
-                snap,
-                "MULTIPLE_SUSPENDED_STEPS",
-                f"several steps are suspended ({', '.join(leaves)}); name one with `step`",
-            )
-        path = leaves[0].split(".")
-
-    def not_suspended() -> FailedPrecondition:
-        return _precondition(
-            snap,
-            "STEP_NOT_SUSPENDED",
-            f"step {'.'.join(path)!r} is not suspended; suspended steps: "
-            f"{', '.join(_leaf_names(snap)) or 'none'}",
-        )
-
-    level, wf, depth = snap, workflow, 0
-    while depth < len(path):
-        segment = path[depth]
-        found = wf.find(segment)
-        if segment not in level.suspended_paths or found is None or found[2] is None:
-            raise not_suspended()
-        unit = found[2]
-        if isinstance(unit, Step):
-            if depth != len(path) - 1:
-                raise not_suspended()
-            return path, index, unit
-        child = level.children.get(segment)
-        if child is None:
-            raise not_suspended()
-        if depth == len(path) - 1:  # a path ending at a nested workflow: its one leaf
-            inner = child.suspended_leaves()
-            if len(inner) != 1:
-                raise _precondition(
-                    snap,
-                    "MULTIPLE_SUSPENDED_STEPS",
-                    f"several steps inside {segment!r} are suspended; name one with `step`",
-                )
-            path = [*path, *inner[0].path]
-        level, wf, depth = child, unit, depth + 1
-    raise not_suspended()
