@@ -80,6 +80,7 @@ class Config:
     # w9_limit seconds is canceled and the larger ones are not run.
     w9_sizes: list[int] = field(default_factory=lambda: [1000, 10000, 100000])
     w9_limit: float = 600.0
+    w9_rss_cap_mb: float = 6144.0  # a run whose process passes this is stopped likewise
 
     @classmethod
     def from_json(cls, text: str) -> Config:
@@ -581,7 +582,7 @@ class Driver:
             out["W6"] = await self.timed("W6", self.w1)
             out["W6"]["stored_runs"] = stored
         # Last: a W9 size over its limit leaves the server busy until its run is canceled.
-        long_runs = LongRuns(self.stub(0), self.errors, self.config)
+        long_runs = LongRuns(self.stub(0), self.errors, self.config, self.server_pid)
         if "W8" in wanted:
             out["W8"] = await self.timed("W8", long_runs.w8)
         if "W9" in wanted:

@@ -5,8 +5,10 @@
   longer chain / per step of the shortest.
 - **W9**: one `bench_foreach` run per size in `w9_sizes`, smallest first (16 items in flight,
   each adds 1). `Start` carries a deadline of `w9_limit` seconds: a run that does not finish
-  by then is canceled, reported over the limit, and the larger sizes are not run. A finished
-  run is then read once more with `GetExecutionResult`, whose message size is recorded.
+  by then is canceled, reported over the limit, and the larger sizes are not run. The same
+  happens when the server's RSS (sampled twice a second; its peak is reported) passes
+  `w9_rss_cap_mb`: the machine is shared. A finished run is then read once more with
+  `GetExecutionResult`, whose message size is recorded.
 
 bench/driver.py runs these after the other workloads; bench/mastra/driver.mjs reports the same
 figure names.
@@ -14,6 +16,8 @@ figure names.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import statistics
 import sys
 import time
@@ -22,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import grpc
+import psutil
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
 from stepline.v1 import run_pb2
@@ -33,6 +38,8 @@ if TYPE_CHECKING:
 
 SUCCESS = run_pb2.RUN_STATUS_SUCCESS
 SETTLE_AFTER_CANCEL_S = 120  # how long an over-limit run may take to stop after Cancel
+RSS_EVERY_S = 0.5
+MB = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -59,8 +66,10 @@ class ForeachTiming:
     read_s: float | None = None  # a GetExecutionResult of the finished run
     result_bytes: int | None = None  # that reply's serialized size
     checked_items: int = 0  # outputs that came back right
+    rss_peak_mb: float | None = None  # the server's, while the run ran
     over_limit: bool = False
-    not_run: bool = False  # a smaller size was over the limit
+    over_memory: bool = False  # stopped: the server's RSS passed the cap
+    not_run: bool = False  # a smaller size was over the limit or the cap
 
     @property
     def per_item_us(self) -> float | None:
@@ -84,19 +93,25 @@ def chain_figures(timings: list[ChainTiming]) -> dict[str, float]:
     return out
 
 
-def foreach_figures(timings: list[ForeachTiming], limit_s: float) -> dict[str, float]:
+def foreach_figures(
+    timings: list[ForeachTiming], limit_s: float, rss_cap_mb: float
+) -> dict[str, float]:
     """Per size `n<items>_total_s`, `_per_item_us`, `_server_s`, `_result_bytes`,
-    `_result_read_ms`, `_items` (outputs checked), `_over_limit` and `_not_run` (0 or 1), and
-    `n<items>_vs_n<smallest>` (per item, against the smallest size). A size over the limit
-    has lower bounds instead: `_total_s_above`, `_per_item_us_above`, `_vs_n<smallest>_above`.
+    `_result_read_ms`, `_items` (outputs checked), `_rss_peak_mb`, `_over_limit`,
+    `_over_memory` and `_not_run` (0 or 1), and `n<items>_vs_n<smallest>` (per item, against
+    the smallest size). A size over the time limit has lower bounds instead: `_total_s_above`,
+    `_per_item_us_above`, `_vs_n<smallest>_above`.
     """
-    out: dict[str, float] = {"limit_s": limit_s}
+    out: dict[str, float] = {"limit_s": limit_s, "rss_cap_mb": rss_cap_mb}
     base = timings[0] if timings else None
     base_item = None if base is None else base.per_item_us
     for timing in timings:
         name = f"n{timing.items}"
         out[f"{name}_over_limit"] = int(timing.over_limit)
+        out[f"{name}_over_memory"] = int(timing.over_memory)
         out[f"{name}_not_run"] = int(timing.not_run)
+        if timing.rss_peak_mb is not None:
+            out[f"{name}_rss_peak_mb"] = round(timing.rss_peak_mb, 1)
         if timing.over_limit:
             above = limit_s / timing.items * 1e6
             out[f"{name}_total_s_above"] = limit_s
@@ -156,13 +171,37 @@ def _note(message: str) -> None:
     print(f"driver: {message}", file=sys.stderr, flush=True)
 
 
+class PeakRss:
+    """The peak RSS of a process, sampled every RSS_EVERY_S while `over_cap` runs."""
+
+    def __init__(self, pid: int, cap_mb: float) -> None:
+        self.process = psutil.Process(pid)
+        self.cap_mb = cap_mb
+        self.peak_mb = 0.0
+
+    def sample(self) -> float:
+        with contextlib.suppress(psutil.Error):
+            self.peak_mb = max(self.peak_mb, self.process.memory_info().rss / MB)
+        return self.peak_mb
+
+    async def over_cap(self) -> None:
+        """Returns once the RSS passes the cap (else runs until canceled)."""
+        while True:
+            if self.sample() > self.cap_mb:
+                return
+            await asyncio.sleep(RSS_EVERY_S)
+
+
 class LongRuns:
     """Runs W8 and W9 on one stub; failed calls go to the driver's `errors`."""
 
-    def __init__(self, stub: WorkflowServiceAsyncStub, errors: Errors, config: Config) -> None:
+    def __init__(
+        self, stub: WorkflowServiceAsyncStub, errors: Errors, config: Config, server_pid: int
+    ) -> None:
         self.stub = stub
         self.errors = errors
         self.config = config
+        self.server_pid = server_pid
         self.runs = 0  # runs this left in the store
 
     # -- W8 ------------------------------------------------------------------------------------
@@ -204,16 +243,28 @@ class LongRuns:
         request = pb.StartRequest(
             workflow_id="bench_foreach", run_id=run_id, input_data=_count(items)
         )
+        rss = PeakRss(self.server_pid, self.config.w9_rss_cap_mb)
+        watch = asyncio.ensure_future(rss.over_cap())
         began = time.perf_counter()
+        call = asyncio.ensure_future(self.stub.Start(request, timeout=limit))
         try:
-            reply = await self.stub.Start(request, timeout=limit)
+            await asyncio.wait({call, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watch.cancel()
+        if not call.done():
+            call.cancel()
+            _note(f"W9: {items} items: server RSS {rss.peak_mb:.0f} MB; canceling {run_id}")
+            await self.abandon(run_id)
+            return ForeachTiming(items, rss_peak_mb=rss.peak_mb, over_memory=True)
+        try:
+            reply = call.result()
         except grpc.aio.AioRpcError as error:
             if error.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
                 self.errors.add("W9 Start", _detail(error))
-                return ForeachTiming(items)
+                return ForeachTiming(items, rss_peak_mb=rss.peak_mb)
             _note(f"W9: {items} items did not finish in {limit:g} s; canceling {run_id}")
             await self.abandon(run_id)
-            return ForeachTiming(items, over_limit=True)
+            return ForeachTiming(items, rss_peak_mb=rss.peak_mb, over_limit=True)
         total = time.perf_counter() - began
         self.runs += 1
         result = reply.result
@@ -229,7 +280,9 @@ class LongRuns:
             self.errors.add("W9 GetExecutionResult", _detail(error))
             return ForeachTiming(items, total, server_s, checked_items=checked)
         read_s = time.perf_counter() - began
-        return ForeachTiming(items, total, server_s, read_s, again.ByteSize(), checked)
+        return ForeachTiming(
+            items, total, server_s, read_s, again.ByteSize(), checked, rss.sample()
+        )
 
     async def abandon(self, run_id: str) -> None:
         """Cancel an over-limit run and wait (bounded) until it stops using the server."""
@@ -248,14 +301,22 @@ class LongRuns:
 
     async def w9(self) -> dict[str, float]:
         timings: list[ForeachTiming] = []
-        over = False
+        over: str | None = None  # the field that stopped a smaller size
         for items in sorted(self.config.w9_sizes):
-            if over:
-                timings.append(ForeachTiming(items, over_limit=True, not_run=True))
+            if over is not None:
+                timings.append(
+                    ForeachTiming(
+                        items,
+                        over_limit=over == "over_limit",
+                        over_memory=over == "over_memory",
+                        not_run=True,
+                    )
+                )
                 continue
             timing = await self.foreach_once(items)
             if timing.total_s is not None:
                 _note(f"W9: {items} items in {timing.total_s:.3f} s")
-            over = timing.over_limit
+            if timing.over_limit or timing.over_memory:
+                over = "over_limit" if timing.over_limit else "over_memory"
             timings.append(timing)
-        return foreach_figures(timings, self.config.w9_limit)
+        return foreach_figures(timings, self.config.w9_limit, self.config.w9_rss_cap_mb)

@@ -81,6 +81,7 @@ DEFAULTS: dict[str, Any] = {
     "w8_long_runs": 3,
     "w9_sizes": [1000, 10000, 100000],
     "w9_limit": 600.0,
+    "w9_rss_cap_mb": 6144.0,
 }
 QUICK: dict[str, Any] = {
     "w1_seq_runs": 40,
@@ -228,6 +229,7 @@ def scale_rows(config: dict[str, Any]) -> list[Row]:
             ),
             Row(f"W9.n{n}_result_bytes", f"W9 foreach {n:,} items, result size", "B", "lower"),
             Row(f"W9.n{n}_result_read_ms", f"W9 foreach {n:,} items, result read", "ms", "lower"),
+            Row(f"W9.n{n}_rss_peak_mb", f"W9 foreach {n:,} items, peak RSS", "MB", "lower"),
         ]
     for n in sizes[1:]:
         last = n == sizes[-1]
@@ -711,13 +713,18 @@ def cell(figure: dict[str, float] | None) -> str:
 
 
 def figure_cell(figures: dict[str, dict[str, float]], key: str) -> str:
-    """The figure, or "> bound" for a W9 size over its time limit ("not run" when a smaller
-    size already was)."""
-    if key in figures or f"{key}_above" not in figures:
-        return cell(figures.get(key))
-    bound = f"> {fmt(figures[f'{key}_above']['median'])}"
-    not_run = figures.get(key.split("_", 1)[0] + "_not_run", {}).get("min")
-    return f"{bound} (not run)" if not_run else bound
+    """The figure, or for a W9 size stopped by its time limit "> bound", by the RSS cap
+    "RSS > cap" ("not run" when a smaller size already was)."""
+    if key in figures:
+        return cell(figures[key])
+    size = key.split("_", 1)[0]  # "W9.n100000"
+    not_run = " (not run)" if figures.get(f"{size}_not_run", {}).get("min") else ""
+    if f"{key}_above" in figures:
+        return f"> {fmt(figures[f'{key}_above']['median'])}{not_run}"
+    cap = figures.get("W9.rss_cap_mb", {}).get("median")
+    if cap is not None and figures.get(f"{size}_over_memory", {}).get("min"):
+        return f"RSS > {fmt(cap)} MB{not_run}"
+    return "-"
 
 
 def ratio_cell(
@@ -753,20 +760,20 @@ def table(
         header.append("S/" + name.replace("mastra-", ""))
     rows = [header]
     stepline = engines.get("stepline", {})
+    shown = [stepline, *(engines[c] for c in columns)]
     for row in rows_wanted:
-        keys = (row.key, f"{row.key}_above")
-        shown = [stepline, *(engines[c] for c in columns)]
-        if not any(key in figures for figures in shown for key in keys):
+        cells = [figure_cell(figures, row.key) for figures in shown]
+        if all(text == "-" for text in cells):
             continue
         verdict = met.get(row.key)
         line = [
             row.label,
             row.unit + ("" if not row.better else " ↑" if row.better == "higher" else " ↓"),
-            figure_cell(stepline, row.key),
+            cells[0],
             row.target,
             "" if verdict is None else "yes" if verdict else "NO",
+            *cells[1:],
         ]
-        line += [figure_cell(engines[c], row.key) for c in columns]
         line += [
             ratio_cell(row.key, stepline, engines[c], ratios.get(row.key, {}).get(c))
             for c in columns
@@ -807,6 +814,7 @@ def build_config(args: argparse.Namespace) -> dict[str, Any]:
     else:
         config["w9_sizes"] = sorted({max(1, round(n * args.runs)) for n in config["w9_sizes"]})
     config["w9_limit"] = args.w9_limit
+    config["w9_rss_cap_mb"] = args.w9_rss_cap_mb
     if args.subscribers is not None:
         config["w4_subscribers"] = args.subscribers
     config["workloads"] = args.workloads
@@ -835,6 +843,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         default=600.0,
         help="seconds one W9 foreach may take; over it: reported '> limit', larger sizes skipped",
+    )
+    parser.add_argument(
+        "--w9-rss-cap-mb",
+        type=float,
+        default=6144.0,
+        help="W9: a foreach whose process (server or node) passes this RSS is stopped likewise",
     )
     parser.add_argument("--no-mastra", action="store_true", help="skip the Mastra side")
     parser.add_argument(
@@ -870,8 +884,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error("--w9-sizes: comma-separated whole numbers")
         if not args.w9_sizes or args.w9_sizes[0] < 1:
             parser.error("--w9-sizes: at least one size, each >= 1")
-    if args.w9_limit <= 0:
-        parser.error("--w9-limit must be > 0")
+    if args.w9_limit <= 0 or args.w9_rss_cap_mb <= 0:
+        parser.error("--w9-limit and --w9-rss-cap-mb must be > 0")
     args.mastra_stores = [s.strip() for s in args.mastra_stores.split(",") if s.strip()]
     if set(args.mastra_stores) - set(MASTRA_STORES):
         parser.error(f"--mastra-stores: choose from {', '.join(MASTRA_STORES)}")

@@ -62,6 +62,7 @@ def test_quick_bench_reports_every_run() -> None:
         assert figures[f"W9.n{size}_over_limit"]["median"] == 0
         assert figures[f"W9.n{size}_per_item_us"]["median"] > 0
         assert figures[f"W9.n{size}_result_bytes"]["median"] > 0
+        assert figures[f"W9.n{size}_rss_peak_mb"]["median"] > 0  # the server's
     assert f"W9.n{large}_vs_n{small}" in figures
     assert f"W9 foreach {large} items, per item" in done.stdout
 

@@ -6,8 +6,9 @@
 // bench/run.py copies this file next to the installed node_modules and runs it; it prints one
 // JSON object (the last stdout line) shaped like the Python driver's. The graphs mirror
 // bench/flows.py: keep the two in step.
+import { spawn } from 'node:child_process';
 import { EventEmitter } from 'node:events';
-import { statSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Mastra } from '@mastra/core';
@@ -22,6 +23,9 @@ const { values: args } = parseArgs({
     store: { type: 'string', default: 'memory' },
     dbdir: { type: 'string', default: '.' },
     config: { type: 'string', default: '{}' },
+    // W9 runs each foreach size in a child process of this script (see w9 below).
+    dbname: { type: 'string', default: 'mastra-bench.db' },
+    'w9-size': { type: 'string' },
   },
 });
 const defaults = {
@@ -49,6 +53,7 @@ const defaults = {
   w8_long_runs: 3,
   w9_sizes: [1000, 10000, 100000],
   w9_limit: 600,
+  w9_rss_cap_mb: 6144,
 };
 const config = { ...defaults, ...JSON.parse(args.config) };
 // Every observeStream() subscriber listens on the run's emitter (W4 fan-out).
@@ -143,7 +148,7 @@ const foreach = createWorkflow({
   .foreach(adder('add_item'), { concurrency: FOREACH_CONCURRENCY })
   .commit();
 
-const dbFile = join(args.dbdir, 'mastra-bench.db');
+const dbFile = join(args.dbdir, args.dbname);
 const storage =
   args.store === 'libsql'
     ? new LibSQLStore({ id: 'bench-libsql', url: `file:${dbFile}` })
@@ -507,35 +512,28 @@ async function w8() {
   return out;
 }
 
-async function foreachOnce(count) {
-  // start() with a time limit; a run past it is canceled and reported over the limit.
+async function foreachOnce(count, phase = () => {}) {
+  // One foreach run, then a read of it from the store. `phase` tells the parent process
+  // (foreachInChild) what is running: its timer, not one in here, enforces the time limit,
+  // since a long foreach can keep this event loop from running timers at all.
   const run = await wf.foreach.createRun();
+  phase({ phase: 'run' });
   const began = now();
-  let timer;
-  const limit = new Promise((resolve) => {
-    timer = setTimeout(() => resolve(null), config.w9_limit * 1000);
-  });
   let result;
   try {
-    result = await Promise.race([run.start({ inputData: { count } }), limit]);
+    result = await run.start({ inputData: { count } });
   } catch (error) {
     fail('W9 start', error?.message ?? error);
     return { items: count };
-  } finally {
-    clearTimeout(timer);
   }
   storedRuns += 1;
-  if (result === null) {
-    process.stderr.write(`mastra(${args.store}): W9 ${count} items over ${config.w9_limit} s\n`);
-    await run.cancel().catch(() => {});
-    return { items: count, overLimit: true };
-  }
   const totalS = now() - began;
   const outputs = Array.isArray(result.result) ? result.result : [];
   const checked = outputs.filter((item, index) => item?.value === index + 1).length;
   if (result.status !== 'success' || checked !== count) {
     fail('W9 result', `${count} items: ${result.status}, ${checked} ok`);
   }
+  phase({ phase: 'read', totalS, checked });
   const readBegan = now();
   let state;
   try {
@@ -548,18 +546,105 @@ async function foreachOnce(count) {
   return { items: count, totalS, checked, readS, resultBytes: Buffer.byteLength(JSON.stringify(state)) };
 }
 
+function rssMb(pid) {
+  try {
+    const match = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return match ? Number(match[1]) / 1024 : 0;
+  } catch {
+    return 0; // gone, or no /proc: no watchdog
+  }
+}
+
+const CHILD_START_S = 300; // loading Mastra and the warm-up foreach, before the measured run
+
+function foreachInChild(count) {
+  // One size in a fresh process (own store file), watched from here: its RSS (a store that
+  // holds too much is stopped at w9_rss_cap_mb instead of taking the shared machine's
+  // memory) and its time (w9_limit for the run, counted from the child's 'run' message, and
+  // again for the read of the result).
+  return new Promise((resolve) => {
+    const child = spawn(
+      process.execPath,
+      [
+        ...process.execArgv,
+        process.argv[1],
+        ...['--store', args.store, '--dbdir', args.dbdir, '--dbname', `w9-${count}.db`],
+        ...['--config', args.config, '--w9-size', String(count)],
+      ],
+      { stdio: ['ignore', 'pipe', 'inherit', 'ipc'] },
+    );
+    let stdout = '';
+    let phase = { phase: 'start' };
+    let stopped = null;
+    let peakMb = 0;
+    let timer;
+    const stop = (why) => {
+      if (stopped !== null) return;
+      stopped = why;
+      child.kill('SIGKILL');
+    };
+    const arm = (seconds) => {
+      clearTimeout(timer);
+      timer = setTimeout(() => stop('time'), seconds * 1000);
+    };
+    arm(CHILD_START_S);
+    child.on('message', (message) => {
+      phase = message;
+      arm(config.w9_limit);
+    });
+    child.stdout.on('data', (chunk) => {
+      stdout += chunk;
+    });
+    const watch = setInterval(() => {
+      peakMb = Math.max(peakMb, rssMb(child.pid));
+      if (peakMb > config.w9_rss_cap_mb) stop('memory');
+    }, 500);
+    child.on('close', (code) => {
+      clearInterval(watch);
+      clearTimeout(timer);
+      const rss = peakMb > 0 ? { rssPeakMb: peakMb } : {};
+      if (stopped === 'memory') return resolve({ items: count, overMemory: true, ...rss });
+      if (stopped === 'time') {
+        if (phase.phase === 'run') return resolve({ items: count, overLimit: true, ...rss });
+        fail('W9 child', `${count} items: ${phase.phase} took over ${phase.phase === 'start' ? CHILD_START_S : config.w9_limit} s`);
+        const { totalS, checked } = phase;
+        return resolve({ items: count, totalS, checked, ...rss });
+      }
+      const line = stdout.trim().split('\n').at(-1) ?? '';
+      let reply;
+      try {
+        reply = JSON.parse(line);
+      } catch {
+        fail('W9 child', `${count} items: exit ${code}, no result`);
+        return resolve({ items: count, ...rss });
+      }
+      for (const [kind, n] of Object.entries(reply.errors ?? {})) {
+        errors[kind] = (errors[kind] ?? 0) + n;
+        if (!(kind in firstErrors)) firstErrors[kind] = reply.first_errors?.[kind] ?? '';
+      }
+      storedRuns += reply.stored_runs ?? 0;
+      resolve({ ...reply.timing, ...rss });
+    });
+  });
+}
+
 async function w9() {
   const limitS = config.w9_limit;
-  const out = { limit_s: limitS };
+  const out = { limit_s: limitS, rss_cap_mb: config.w9_rss_cap_mb };
   const sizes = [...config.w9_sizes].sort((a, b) => a - b);
-  let over = false;
+  let over = null; // what stopped a smaller size: the larger ones are not run
   let basePerItem = null;
   for (const [position, count] of sizes.entries()) {
     const name = `n${count}`;
-    const timing = over ? { items: count, overLimit: true, notRun: true } : await foreachOnce(count);
-    over = Boolean(timing.overLimit);
+    const timing = over ? { items: count, [over]: true, notRun: true } : await foreachInChild(count);
+    if (timing.overLimit) over = 'overLimit';
+    else if (timing.overMemory) over = 'overMemory';
+    const what = timing.overLimit ? `over ${limitS} s` : timing.overMemory ? 'over the RSS cap' : `${timing.totalS?.toFixed(3)} s`;
+    process.stderr.write(`mastra(${args.store}): W9 ${count} items: ${timing.notRun ? 'not run' : what}\n`);
     out[`${name}_over_limit`] = timing.overLimit ? 1 : 0;
+    out[`${name}_over_memory`] = timing.overMemory ? 1 : 0;
     out[`${name}_not_run`] = timing.notRun ? 1 : 0;
+    if (timing.rssPeakMb !== undefined) out[`${name}_rss_peak_mb`] = round(timing.rssPeakMb, 1);
     if (timing.overLimit) {
       const above = (limitS / count) * 1e6;
       out[`${name}_total_s_above`] = limitS;
@@ -588,6 +673,15 @@ async function timed(name, fn) {
   result.wall_s = round(now() - began);
   process.stderr.write(`mastra(${args.store}): ${name} done in ${result.wall_s} s\n`);
   return result;
+}
+
+if (args['w9-size'] !== undefined) {
+  // A W9 child (foreachInChild): a small warm-up foreach, then the measured one.
+  const count = Number(args['w9-size']);
+  await foreachOnce(Math.min(100, count));
+  const timing = await foreachOnce(count, (message) => process.send?.(message));
+  console.log(JSON.stringify({ timing, errors, first_errors: firstErrors, stored_runs: storedRuns }));
+  process.exit(0);
 }
 
 const out = {};
