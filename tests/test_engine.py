@@ -17,7 +17,7 @@ from stepline.server.errors import (
     RunNotFound,
     WorkflowNotFound,
 )
-from stepline.server.executor import Execution
+from stepline.server.execution import Execution
 from stepline.server.model import Event, EventType, RunStatus, StepStatus
 from stepline.server.runs import ResumeParams, RunService, StartParams
 from stepline.server.store import Store

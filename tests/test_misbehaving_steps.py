@@ -42,9 +42,9 @@ from stepline.server import (
     WorkflowDefinitionError,
     step,
 )
-from stepline.server import executor as executor_module
 from stepline.server.app import Server
-from stepline.server.executor import serialize_error
+from stepline.server.execution import attempt as attempt_module
+from stepline.server.execution.failures import MAX_ERROR_CAUSES, MAX_ERROR_TEXT, serialize_error
 from stepline.server.model import EventType, RunStatus, StepStatus
 from stepline.server.runs import RunService, StartParams
 from stepline.server.settings import Settings
@@ -463,7 +463,7 @@ async def test_whatever_a_step_raises_fails_only_its_run(engine: Engine, kind: s
     assert snap.steps["raiser"].status is StepStatus.FAILED
     assert snap.steps["raiser"].attempts == attempts
     assert SEEN[snap.run_id] == list(range(attempts))
-    assert error.message and len(error.message) <= executor_module.MAX_ERROR_TEXT
+    assert error.message and len(error.message) <= MAX_ERROR_TEXT
     assert "Traceback" not in error.model_dump_json()
     events = await engine.events(snap.run_id)
     assert kinds(events)[-2:] == ["step-result:raiser", "workflow-finish"]
@@ -478,7 +478,7 @@ async def test_error_payloads_are_bounded(engine: Engine) -> None:
     while details and "cause" in details:
         causes += 1
         details = details["cause"]["details"]
-    assert causes == executor_module.MAX_ERROR_CAUSES
+    assert causes == MAX_ERROR_CAUSES
     # Details nested too deeply to stay encodable inside the chain are kept as their repr.
     assert error.details["details"].startswith("{'level': 29, 'nested': {'down'")
 
@@ -637,7 +637,7 @@ async def test_timeouts_in_parallel_and_foreach(engine: Engine) -> None:
 async def test_a_step_that_ignores_its_timeout_is_abandoned(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(executor_module, "TIMEOUT_UNWIND", 0.1)
+    monkeypatch.setattr(attempt_module, "TIMEOUT_UNWIND", 0.1)
     began = time.monotonic()
     run = await engine.run("stubborn", {})
     assert time.monotonic() - began < 2.0  # the run did not wait for the step

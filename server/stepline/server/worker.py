@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from . import logs
 from .errors import LeaseLost, RunNotFound, StoreUnavailable
-from .executor import Execution, serialize_error
+from .execution import Execution, serialize_error
 from .model import ErrorData, Event, EventType, RunStatus, Snapshot, SnapshotImage, now
 from .store import Lease, Store, StoredRun, WorkItem
 from .store.base import CLAIM_GRACE
