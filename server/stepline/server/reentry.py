@@ -19,7 +19,6 @@ from typing import Any
 from .errors import FailedPrecondition, FieldViolation, InvalidArgument
 from .model import PendingResume, RunStatus, Snapshot, StepRecord, StepStatus
 from .resume_target import resume_data
-from .schema import Schema, SchemaViolation
 from .workflows import (
     BranchNode,
     ForeachNode,
@@ -93,26 +92,17 @@ def _target_input(dotted: str, node: Node, unit: Unit | None, data: Any) -> Any:
         if isinstance(data, list):
             schema = node.step.input_schema
             value = [
-                _conform(schema, item, f"input_data[{i}]", violations)
-                for i, item in enumerate(data)
+                schema.conform(item, f"input_data[{i}]", violations) for i, item in enumerate(data)
             ]
         else:
             violations.append(
                 FieldViolation("input_data", "a foreach step takes the list of its items")
             )
     else:
-        value = _conform(unit.input_schema, data, "input_data", violations)
+        value = unit.input_schema.conform(data, "input_data", violations)
     if violations:
         raise InvalidArgument(f"invalid input data for step {dotted!r}", violations)
     return value
-
-
-def _conform(schema: Schema[Any], value: Any, path: str, violations: list[FieldViolation]) -> Any:
-    try:
-        return schema.normalize(value, path=path)
-    except SchemaViolation as err:
-        violations.extend(err.violations)
-        return None
 
 
 def rewind(

@@ -39,7 +39,6 @@ from .model import (
 )
 from .reentry import rewind, travel_target
 from .resume_target import resume_target, split_path
-from .schema import Schema, SchemaViolation
 from .store import Lease, Page, RunFilter, Store, StoredRun
 from .tailing import Tail
 from .workflows import Registry, Workflow
@@ -223,10 +222,10 @@ class RunService:
         trace_id = params.trace_id
         if trace_id and not _TRACE_ID.fullmatch(trace_id):
             violations.append(FieldViolation("tracing_options.trace_id", _TRACE_ID_RULE))
-        data = _conform(workflow.input_schema, params.input_data, "input_data", violations)
+        data = workflow.input_schema.conform(params.input_data, "input_data", violations)
         state: Any = params.initial_state or {}
         if workflow.state_schema is not None:
-            state = _conform(workflow.state_schema, state, "initial_state", violations)
+            state = workflow.state_schema.conform(state, "initial_state", violations)
         if violations:
             raise InvalidArgument(f"invalid start request for workflow {workflow.id!r}", violations)
         return Snapshot(
@@ -457,7 +456,7 @@ class RunService:
             state: Any = params.initial_state
             if workflow.state_schema is not None:
                 violations: list[FieldViolation] = []
-                state = _conform(workflow.state_schema, state, "initial_state", violations)
+                state = workflow.state_schema.conform(state, "initial_state", violations)
                 if violations:
                     raise InvalidArgument("invalid initial state", violations)
             rewound.state = state
@@ -509,11 +508,3 @@ def _check_id(value: str, field_name: str, violations: list[FieldViolation]) -> 
         )
     elif any(ord(c) < 32 or ord(c) == 127 for c in value):
         violations.append(FieldViolation(field_name, "must not contain control characters"))
-
-
-def _conform(schema: Schema[Any], value: Any, path: str, violations: list[FieldViolation]) -> Any:
-    try:
-        return schema.normalize(value, path=path)
-    except SchemaViolation as err:
-        violations.extend(err.violations)
-        return None

@@ -68,6 +68,15 @@ class Schema(Generic[T]):
         """Validate then dump: the JSON value with defaults applied and extras dropped."""
         return self.dump(self.validate(value, path=path))
 
+    def conform(self, value: Any, path: str, violations: list[FieldViolation]) -> Any:
+        """`normalize`, collecting what is wrong into `violations` (and answering None)
+        instead of raising, so a request's checks can all be reported at once."""
+        try:
+            return self.normalize(value, path=path)
+        except SchemaViolation as err:
+            violations.extend(err.violations)
+            return None
+
 
 def optional_schema(tp: type[Any] | None) -> Schema[Any] | None:
     return Schema(tp) if tp is not None else None
