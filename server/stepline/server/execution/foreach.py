@@ -6,6 +6,7 @@ all of them."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..cancellation import cancel_iterations
@@ -18,6 +19,14 @@ from .failures import ForeachInputInvalid, serialize_error
 
 if TYPE_CHECKING:
     from .walk import Execution
+
+
+_ENDED = ("success", "failed")
+
+
+@dataclass
+class _Tally:
+    count: int
 
 
 async def run_foreach(ex: Execution, index: int, node: ForeachNode, value: Any) -> Outcome:
@@ -59,6 +68,9 @@ async def run_foreach(ex: Execution, index: int, node: ForeachNode, value: Any) 
         if item is None or item["status"] == "running" or targeted(i)
     ]
     resume_for = {i: (resume.data if resume else None) for i in todo if targeted(i)}
+    # Iterations that ended (success or failure): counted once here, then kept up to date, so
+    # an iteration's progress report costs the same at item 10 and at item 100,000.
+    ended = _Tally(sum(1 for it in items if it is not None and it["status"] in _ENDED))
     stop = asyncio.Event()
     window = asyncio.Semaphore(node.concurrency)
 
@@ -73,7 +85,7 @@ async def run_foreach(ex: Execution, index: int, node: ForeachNode, value: Any) 
                 resume_for.get(i),
                 prev.get("suspend_payload") if i in resume_for else None,
             )
-            await _item_done(ex, step, items, i, attempt)
+            await _item_done(ex, step, items, i, attempt, ended)
             if attempt.kind is Kind.FAILED or (
                 attempt.kind is Kind.SUSPENDED and node.concurrency == 1
             ):
@@ -98,6 +110,7 @@ async def _item_done(
     items: list[dict[str, Any] | None],
     i: int,
     attempt: Attempt,
+    ended: _Tally,
 ) -> None:
     status = {
         Kind.OK: "success",
@@ -115,14 +128,15 @@ async def _item_done(
         item["suspend_payload"] = attempt.suspend.payload
         item["labels"] = attempt.suspend.labels
     items[i] = item
-    done = sum(1 for it in items if it is not None and it["status"] in ("success", "failed"))
+    if status in _ENDED:  # only open iterations run, so each ends once
+        ended.count += 1
     await transitions.report_iteration(
         ex,
         step.id,
         index=i,
         status=status,
         output=item.get("output"),
-        completed=done,
+        completed=ended.count,
         total=len(items),
     )
 
