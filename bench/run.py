@@ -50,6 +50,7 @@ WORKLOADS = ("W1", "W2", "W3", "W4", "W5", "W6", "W7", "W8", "W9")
 # W9 reads the result of its largest foreach: the server may send that much (the driver's
 # channel accepts as much, bench/driver.py MAX_MESSAGE_BYTES).
 W9_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+W9_NOT_FIGURES = ("_above", "_over_limit", "_over_memory", "_not_run", "limit_s", "rss_cap_mb")
 W9_CANCEL_SECONDS = 180  # bench/long_runs.py: cancel, then wait up to 120 s for the run to stop
 MASTRA_STORES = ("memory", "libsql")
 READY_SECONDS = 30.0
@@ -973,7 +974,7 @@ def report(
     engines = {name: summarize(reps) for name, reps in flat.items() if reps}
     ratios: dict[str, dict[str, float]] = {}
     for key, figure in engines.get("stepline", {}).items():
-        if key.endswith("_above"):  # a bound, not a figure (W9 over its time limit)
+        if key.endswith(W9_NOT_FIGURES):  # W9's bounds, flags and settings: nothing to compare
             continue
         for name in ("mastra-memory", "mastra-libsql"):
             other = engines.get(name, {}).get(key, {}).get("median")
