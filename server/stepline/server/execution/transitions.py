@@ -77,7 +77,9 @@ async def finish(ex: Execution, outcome: Outcome) -> Snapshot:
         snap.resumed_since_suspend = False
         events.append(Event(type=EventType.WORKFLOW_PAUSED))
     else:
-        # No step of a canceled run stays running, waiting or suspended.
+        # No step of a canceled run stays running, waiting or suspended (every record may
+        # change, iterations of an older layout included: write them all).
+        ex.changes.full = True
         events.extend(close_open_steps(snap, ex.workflow))
         events.append(Event(type=EventType.WORKFLOW_CANCELED))
     events.append(Event(type=EventType.WORKFLOW_FINISH, data=data))
