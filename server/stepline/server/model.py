@@ -396,8 +396,10 @@ class Event(BaseModel):
       step-output:      step_id, output
       step-progress:    step_id, completed_count, total_count, current_index,
                         iteration_status, iteration_output?
-      step-result:      step_id, status ("success" | "failed" | "canceled"), payload,
-                        output? | error?, started_at, ended_at, attempts
+      step-result:      step_id, status ("success" | "failed" | "canceled"), payload?,
+                        output? | error?, started_at, ended_at, attempts (a foreach's
+                        carries neither its input list nor its outputs: its step-start and
+                        step-progress events and its record do)
       step-suspended:   step_id, payload, suspend_payload, labels, suspended_at
       step-waiting:     step_id, payload, started_at, wake_at
       workflow-canceled: (empty)

@@ -158,7 +158,13 @@ async def _foreach_outcome(
     if failed:
         rec.error = failed[0].error
         return await transitions.settle(
-            ex, step.id, rec, StepStatus.FAILED, None, Outcome(Kind.FAILED, error=rec.error)
+            ex,
+            step.id,
+            rec,
+            StepStatus.FAILED,
+            None,
+            Outcome(Kind.FAILED, error=rec.error),
+            values=False,
         )
     complete = len(items) == total and all(it.status is StepStatus.SUCCESS for _, it in ordered)
     if ex.cancel_event.is_set() and not complete:
@@ -166,7 +172,7 @@ async def _foreach_outcome(
         if closed:
             await ex.commit(closed)
         return await transitions.settle(
-            ex, step.id, rec, StepStatus.CANCELED, None, Outcome(Kind.CANCELED)
+            ex, step.id, rec, StepStatus.CANCELED, None, Outcome(Kind.CANCELED), values=False
         )
     suspended = {i: it for i, it in ordered if it.status is StepStatus.SUSPENDED}
     if suspended or len(items) < total:
@@ -180,7 +186,7 @@ async def _foreach_outcome(
         return await transitions.suspend(ex, step.id, position, rec, payload, labels, targets)
     outputs = [it.output for _, it in ordered]
     return await transitions.settle(
-        ex, step.id, rec, StepStatus.SUCCESS, outputs, Outcome(Kind.OK, outputs)
+        ex, step.id, rec, StepStatus.SUCCESS, outputs, Outcome(Kind.OK, outputs), values=False
     )
 
 
