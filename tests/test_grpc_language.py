@@ -55,8 +55,8 @@ async def test_foreach_progress_events_and_order(client: Client) -> None:
     assert result.data["status"] is StepStatus.SUCCESS
     assert result.data.get("payload") is None and result.data.get("output") is None
     assert each.data["payload"] == [{"value": 3}, {"value": 1}, {"value": 2}]
-    stored = await client.get_result(events[0].run_id)
-    assert stored.steps[each.step_id].output == [{"value": 30}, {"value": 10}, {"value": 20}]
+    stored = (await client.get_result(events[0].run_id)).steps[each.data["step_id"]]
+    assert stored.output == [{"value": 30}, {"value": 10}, {"value": 20}]
 
 
 async def test_map_step_is_in_the_result(client: Client) -> None:
