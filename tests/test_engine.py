@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -18,9 +19,9 @@ from stepline.server.errors import (
     WorkflowNotFound,
 )
 from stepline.server.execution import Execution
-from stepline.server.model import Event, EventType, RunStatus, StepStatus
+from stepline.server.model import Event, EventType, RunStatus, Snapshot, SnapshotImage, StepStatus
 from stepline.server.runs import ResumeParams, RunService, StartParams
-from stepline.server.store import Store
+from stepline.server.store import MemoryStore, Store, WriteOutcome
 from stepline.server.worker import Worker
 from tests import flows
 from tests.engine_harness import Engine, kinds, registry
@@ -475,3 +476,61 @@ async def test_an_engine_error_fails_the_run_instead_of_recovering_it_for_ever(
     assert not run.leased
     events = await engine.events(run.snapshot.run_id)
     assert events[-1].is_finish and events[-1].data["status"] == "failed"
+
+
+class _Imaging(MemoryStore):
+    """A memory store that keeps every image the executor's journal writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[SnapshotImage] = []
+
+    async def write(
+        self,
+        snapshot: Snapshot | SnapshotImage,
+        events: Sequence[Event] = (),
+        **guard: Any,
+    ) -> WriteOutcome:
+        if isinstance(snapshot, SnapshotImage):
+            self.images.append(snapshot)
+        return await super().write(snapshot, events, **guard)
+
+
+async def test_a_transition_writes_only_the_records_it_changed() -> None:
+    """After the pass's first (full) write, each write carries the step records and foreach
+    iterations its transitions changed, whatever the run has done before; the run reads
+    back whole, and a resume (a full write) continues it."""
+    store = _Imaging()
+    reg = registry()
+    worker = Worker(store, reg, lease_ttl=5.0, poll_block=0.2)
+    await worker.start()
+    try:
+        engine = Engine(RunService(store, reg, runner=worker), worker, store)
+        items = list(range(1, 13))
+        done = await engine.run("fanout", {"items": items})
+        assert done.snapshot.status is RunStatus.SUCCESS
+        assert done.snapshot.result == [{"value": 10 * v} for v in items]
+        first, *rest = store.images
+        assert first.full
+        assert rest and not any(image.full for image in rest)
+        # The map step and the foreach step, each opened and settled; one write may fold an
+        # open into a settle (group commit), never more.
+        assert all(len(image.steps) <= 2 for image in rest)
+        assert all(len(image.items.get("tracked", {})) <= 2 for image in rest)
+        assert sum(len(image.items.get("tracked", {})) for image in rest) == len(items)
+        assert sorted(done.snapshot.iterations["tracked"]) == list(range(len(items)))
+
+        store.images.clear()
+        gated = await engine.run("gated_fanout", {"items": [1, 2]})
+        assert gated.snapshot.status is RunStatus.SUSPENDED
+        resumed = await engine.resume(
+            gated.snapshot.run_id, label="item-1", resume_data={"approved": True}
+        )
+        assert resumed.snapshot.status is RunStatus.SUSPENDED
+        final = await engine.resume(
+            gated.snapshot.run_id, label="item-2", resume_data={"approved": True}
+        )
+        assert final.snapshot.status is RunStatus.SUCCESS
+        assert final.snapshot.result == [{"value": 2}, {"value": 4}]
+    finally:
+        await worker.stop(grace=1.0)

@@ -46,6 +46,17 @@ async def test_foreach_progress_events_and_order(client: Client) -> None:
     assert all(p["total_count"] == 3 for p in progress)
     assert events[-1].data["result"] == [{"value": 30}, {"value": 10}, {"value": 20}]
     assert sequences(events) == list(range(1, len(events) + 1))
+    # The foreach's step-result repeats neither its input list (in its step-start) nor its
+    # outputs (one per step-progress): the step's record has both.
+    (each,) = [
+        e for e in events if e.type is EventType.STEP_START and e.data["step_id"] != "map_fanout_1"
+    ]
+    (result,) = [e for e in events if e.type is EventType.STEP_RESULT and e.step_id == each.step_id]
+    assert result.data["status"] is StepStatus.SUCCESS
+    assert result.data.get("payload") is None and result.data.get("output") is None
+    assert each.data["payload"] == [{"value": 3}, {"value": 1}, {"value": 2}]
+    stored = (await client.get_result(events[0].run_id)).steps[each.data["step_id"]]
+    assert stored.output == [{"value": 30}, {"value": 10}, {"value": 20}]
 
 
 async def test_map_step_is_in_the_result(client: Client) -> None:

@@ -24,7 +24,17 @@ from stepline.server.errors import (
     StoreConflict,
     StoreUnavailable,
 )
-from stepline.server.model import Event, EventType, RunStatus, Snapshot
+from stepline.server.model import (
+    ChangeSet,
+    Event,
+    EventType,
+    IterationRecord,
+    RunStatus,
+    Snapshot,
+    SnapshotImage,
+    StepRecord,
+    StepStatus,
+)
 from stepline.server.store import (
     MemoryStore,
     RedisStore,
@@ -732,6 +742,98 @@ async def test_tampered_cursor_is_an_invalid_argument(store: Store, cursor: str)
     assert [violation.field for violation in raised.value.violations] == ["page_token"]
 
 
+# -- records: step records and foreach iterations ---------------------------------------------
+
+
+def step(output: Any, status: StepStatus = StepStatus.SUCCESS) -> StepRecord:
+    return StepRecord(status=status, payload={"in": output}, output=output, attempts=1)
+
+
+def iteration(output: Any) -> IterationRecord:
+    return IterationRecord(status=StepStatus.SUCCESS, output=output)
+
+
+def with_records(run_id: str = "run-1", status: RunStatus = RUNNING) -> Snapshot:
+    """A snapshot with two step records and a foreach's two iterations."""
+    return snapshot(
+        run_id,
+        status=status,
+        steps={"a": step(1), "each": step(None, StepStatus.RUNNING)},
+        step_execution_path=["a", "each"],
+        iterations={"each": {0: iteration("x0"), 1: iteration("x1")}},
+    )
+
+
+async def test_a_write_with_a_change_set_stores_only_its_records(store: Store) -> None:
+    fence = await held(store)
+    snap = with_records()
+    await store.write(snap, events("a"), fence=fence)  # full: every record
+
+    changes = ChangeSet(full=False)
+    snap.steps["a"] = step("not written")  # changed, but not in the change set
+    snap.steps["b"] = step(2)
+    snap.step_execution_path.append("b")
+    changes.step("b")
+    snap.iterations["each"][0] = iteration("not written")
+    snap.iterations["each"][1] = iteration("y1")
+    snap.iterations["each"][2] = iteration("y2")
+    changes.item("each", 1)
+    changes.item("each", 2)
+    snap.state = {"seen": 3}
+    image = SnapshotImage.of(snap, changes)
+    assert not image.full and set(image.steps) == {"b"}
+    assert image.items == {"each": {1: image.items["each"][1], 2: image.items["each"][2]}}
+    assert changes.steps == set() and not changes.full  # taken by the image
+    await store.write(image, events("b"), fence=fence)
+
+    stored = (await get(store)).snapshot
+    assert stored.state == {"seen": 3}
+    assert stored.step_execution_path == ["a", "each", "b"]
+    assert stored.steps == {"a": step(1), "each": step(None, StepStatus.RUNNING), "b": step(2)}
+    assert list(stored.steps) == ["a", "each", "b"]
+    assert stored.iterations == {
+        "each": {0: iteration("x0"), 1: iteration("y1"), 2: iteration("y2")}
+    }
+
+
+async def test_a_full_write_replaces_the_records(store: Store) -> None:
+    """A write without a change set (a resume claim, a time travel's rewind, a cancel)
+    stores every record and drops those the snapshot no longer has."""
+    fence = await held(store)
+    await store.write(with_records(), events("a"), fence=fence, release=True)
+    stored = await get(store)
+
+    rewound = stored.snapshot.model_copy(deep=True)
+    del rewound.steps["each"]
+    rewound.step_execution_path = ["a"]
+    rewound.iterations = {"other": {3: iteration("z3")}}
+    await store.write(rewound, events("travel"), expected_version=stored.version)
+
+    again = (await get(store)).snapshot
+    assert again == rewound
+    assert again.iterations == {"other": {3: iteration("z3")}}
+
+
+async def test_merged_images_store_both_change_sets(store: Store) -> None:
+    """Group commit: two images waiting for one write store what each would have."""
+    fence = await held(store)
+    snap = with_records()
+    await store.write(snap, fence=fence)
+    changes = ChangeSet(full=False)
+    snap.steps["a"] = step(10)
+    changes.step("a")
+    first = SnapshotImage.of(snap, changes)
+    snap.iterations["each"][1] = iteration("m1")
+    changes.item("each", 1)
+    second = SnapshotImage.of(snap, changes)
+
+    await store.write(first.merged(second), fence=fence)
+
+    stored = (await get(store)).snapshot
+    assert stored.steps["a"] == step(10)
+    assert stored.iterations["each"] == {0: iteration("x0"), 1: iteration("m1")}
+
+
 # -- delete ----------------------------------------------------------------------------------
 
 
@@ -959,9 +1061,18 @@ async def test_a_runs_keys_share_one_hash_slot(redis_url: str) -> None:
     admin = Redis.from_url(redis_url, decode_responses=True)
     try:
         fence = await held(store, "a:{b}")
-        await store.write(snapshot("a:{b}", status=RUNNING), events("x"), fence=fence)
-        expected = {keys.run("a:{b}"), keys.events("a:{b}"), keys.queue, keys.watchdog}
+        await store.write(with_records("a:{b}"), events("x"), fence=fence)
+        run_keys = {
+            keys.run("a:{b}"),
+            keys.events("a:{b}"),
+            keys.steps("a:{b}"),
+            keys.items("a:{b}", "each"),
+        }
+        assert len({key_slot(key.encode()) for key in run_keys}) == 1
+        expected = run_keys | {keys.queue, keys.watchdog}
         assert expected | set(keys.indexes("wf", "")) == set(await admin.keys("stepline:*"))
+        assert set(await admin.hkeys(keys.steps("a:{b}"))) == {"a", "each"}
+        assert set(await admin.hkeys(keys.items("a:{b}", "each"))) == {"0", "1"}
         assert set(await admin.hkeys(keys.run("a:{b}"))) == set(RUN_HASH_FIELDS)
         entries = await admin.xrange(keys.events("a:{b}")) or []
         assert [entry_id for entry_id, _fields in entries] == ["0-1"]
@@ -993,7 +1104,7 @@ async def test_list_skips_and_unindexes_runs_that_are_gone(redis_url: str) -> No
 
 RUN_HASH_FIELDS = [
     "snap", "status", "workflow_id", "resource_id", "created_at", "updated_at", "ver", "seq",
-    "fence", "lease_owner", "lease_until", "cancel", "request_id",
+    "fence", "lease_owner", "lease_until", "cancel", "request_id", "layout", "ikeys",
 ]  # fmt: skip
 
 
@@ -1059,15 +1170,60 @@ async def test_abandoned_queue_entries_are_queued_again(redis_url: str) -> None:
         await admin.aclose()
 
 
+async def test_a_deleted_run_leaves_no_keys_behind(redis_url: str) -> None:
+    store = RedisStore.from_url(redis_url, prefix=_prefix())
+    admin = Redis.from_url(redis_url, decode_responses=True)
+    try:
+        fence = await held(store)
+        await store.write(with_records(), events("a"), fence=fence)
+        keys = Keys(store._keys.prefix)
+        assert len(await admin.keys(f"{keys.run('run-1')}*")) == 4  # run, events, steps, items
+
+        assert await store.delete("run-1")
+
+        assert await admin.keys(f"{keys.run('run-1')}*") == []
+    finally:
+        await store.close()
+        await admin.aclose()
+
+
+async def test_a_run_of_the_first_layout_reads_and_is_rewritten_whole(redis_url: str) -> None:
+    """A run written before records left the snapshot (steps inside `snap`, no `layout`)
+    reads back whole; a full write moves its records out."""
+    store = RedisStore.from_url(redis_url, prefix=_prefix())
+    admin = Redis.from_url(redis_url, decode_responses=True)
+    keys = Keys(store._keys.prefix)
+    try:
+        await create(store)
+        old = snapshot(status=RUNNING, steps={"a": step(1)}, step_execution_path=["a"])
+        await admin.hset(keys.run("run-1"), "snap", old.model_dump_json())
+        await admin.hdel(keys.run("run-1"), "layout", "ikeys")
+        await admin.delete(keys.steps("run-1"))
+        lease = await store.acquire("run-1", "worker-1", 30)
+        assert lease is not None and lease.run.snapshot == old
+
+        await store.write(lease.run.snapshot, events("b"), fence=lease.fence)
+
+        assert await admin.hget(keys.run("run-1"), "layout") == "2"
+        assert await admin.hkeys(keys.steps("run-1")) == ["a"]
+        assert (await get(store)).snapshot == old
+    finally:
+        await store.close()
+        await admin.aclose()
+
+
 async def test_expired_runs_leave_no_keys_behind(redis_url: str) -> None:
     store = RedisStore.from_url(redis_url, prefix=_prefix(), retention=RETENTION)
     admin = Redis.from_url(redis_url, decode_responses=True)
     try:
         await _settle(store, SUCCESS, "done")
+        fence = await held(store, "records")
+        await store.write(with_records("records", status=SUCCESS), fence=fence, release=True)
         await held(store, "running")
         await asyncio.sleep(RETENTION + 0.3)
-        assert await store.sweep_expired(time.time()) == 1
+        assert await store.sweep_expired(time.time()) == 2
         keys = Keys(store._keys.prefix)
+        assert await admin.keys(f"{keys.run('records')}*") == []
         assert await admin.zrange(keys.index_all, 0, -1) == ["running"]
         assert await admin.zrange(keys.index_workflow("wf"), 0, -1) == ["running"]
         assert await admin.zcard(keys.expiring) == 0

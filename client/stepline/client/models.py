@@ -284,7 +284,9 @@ class RunEvent:
     - step-output: step_id, output
     - step-progress: step_id, completed_count, total_count, current_index,
       iteration_status, iteration_output?
-    - step-result: step_id, status, payload, output? | error?, started_at, ended_at, attempts
+    - step-result: step_id, status, payload?, output? | error?, started_at, ended_at,
+      attempts (a foreach's has neither payload nor output: its step-start has the input
+      list, each step-progress one output, and the step's result both)
     - step-suspended: step_id, payload, suspend_payload, labels, suspended_at
     - step-waiting: step_id, payload, started_at, wake_at
     - workflow-canceled: (empty)

@@ -6,32 +6,31 @@ step-progress for an iteration) so that a stream consumer sees it end.
 
 from __future__ import annotations
 
-from typing import Any
-
-from .model import Event, EventType, RunStatus, Snapshot, StepStatus, now
+from .model import Event, EventType, IterationRecord, RunStatus, Snapshot, StepStatus, now
 from .workflows import ForeachNode, Workflow
 
 OPEN_STEPS = frozenset({StepStatus.RUNNING, StepStatus.WAITING, StepStatus.SUSPENDED})
-_OPEN_ITERATIONS = frozenset({"running", "suspended"})
-_DONE_ITERATIONS = frozenset({"success", "failed"})
+_OPEN_ITERATIONS = frozenset({StepStatus.RUNNING, StepStatus.SUSPENDED})
+_DONE_ITERATIONS = frozenset({StepStatus.SUCCESS, StepStatus.FAILED})
 
 
-def cancel_iterations(step_id: str, items: list[dict[str, Any] | None]) -> list[Event]:
+def cancel_iterations(step_id: str, items: dict[int, IterationRecord], total: int) -> list[Event]:
     """Mark a foreach's running and suspended iterations canceled (in place); the
-    step-progress events that say so, in index order."""
+    step-progress events that say so, in index order. `total`: the foreach's item count."""
     events: list[Event] = []
-    for i, item in enumerate(items):
-        if item is None or item["status"] not in _OPEN_ITERATIONS:
+    # Canceling an iteration does not end it as counted (success or failure).
+    done = sum(1 for it in items.values() if it.status in _DONE_ITERATIONS)
+    for i in sorted(items):
+        if items[i].status not in _OPEN_ITERATIONS:
             continue
-        items[i] = {"status": StepStatus.CANCELED.value}
-        done = sum(1 for it in items if it is not None and it["status"] in _DONE_ITERATIONS)
+        items[i] = IterationRecord(status=StepStatus.CANCELED)
         events.append(
             Event(
                 type=EventType.STEP_PROGRESS,
                 data={
                     "step_id": step_id,
                     "completed_count": done,
-                    "total_count": len(items),
+                    "total_count": total,
                     "current_index": i,
                     "iteration_status": StepStatus.CANCELED.value,
                 },
@@ -60,9 +59,11 @@ def _close(snap: Snapshot, workflow: Workflow | None, prefix: str, at: float) ->
             if not child.status.finished:
                 child.status = RunStatus.CANCELED
         if found is not None and isinstance(found[1], ForeachNode):
-            items = snap.entry_state.get(str(found[0]), {}).get("items")
+            snap.adopt_legacy_items(step_id, found[0])
+            items = snap.iterations.get(step_id)
             if items:
-                events.extend(cancel_iterations(prefix + step_id, items))
+                total = len(rec.payload) if isinstance(rec.payload, list) else len(items)
+                events.extend(cancel_iterations(prefix + step_id, items, total))
         if rec.status not in OPEN_STEPS:
             continue
         rec.status, rec.ended_at = StepStatus.CANCELED, at

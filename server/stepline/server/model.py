@@ -7,7 +7,8 @@ projection of it. Times are float seconds since the epoch.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -83,6 +84,16 @@ class StepRecord(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
+class IterationRecord(BaseModel):
+    """One foreach iteration: running, or how it ended (its output, error or suspension)."""
+
+    status: StepStatus
+    output: Any = None
+    error: ErrorData | None = None
+    suspend_payload: Any = None
+    labels: list[str] = Field(default_factory=list)
+
+
 class ResumeLabel(BaseModel):
     step_id: str
     for_each_index: int | None = None
@@ -146,6 +157,8 @@ class Snapshot(BaseModel):
     children: dict[str, Snapshot] = Field(default_factory=dict)
     # Executor bookkeeping per graph entry (e.g. which branches were taken), keyed by position.
     entry_state: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # Foreach iterations by the foreach's step id, then by index; an absent index has not run.
+    iterations: dict[str, dict[int, IterationRecord]] = Field(default_factory=dict)
     result: Any = None
     error: ErrorData | None = None
     created_at: float = Field(default_factory=now)
@@ -174,6 +187,21 @@ class Snapshot(BaseModel):
             )
         return leaves
 
+    def adopt_legacy_items(self, step_id: str, entry: int) -> bool:
+        """Move the iterations of the foreach `step_id` (graph entry `entry`) out of the entry
+        state, where a run written before iteration records were kept apart holds them as a
+        list, into `iterations`. True when it moved any: they must then be written."""
+        state = self.entry_state.get(str(entry))
+        legacy = state.pop("items", None) if state is not None else None
+        if not legacy:
+            return False
+        self.iterations[step_id] = {
+            i: IterationRecord.model_validate(item)
+            for i, item in enumerate(legacy)
+            if item is not None
+        }
+        return True
+
     def finish_data(self) -> dict[str, Any]:
         """What every workflow-finish event of the run's current status starts with: the
         status, and the state when the run's output options ask for it."""
@@ -191,12 +219,54 @@ class Snapshot(BaseModel):
         return flat
 
 
+@dataclass
+class ChangeSet:
+    """What an execution changed in its snapshot's records since the last commit it handed
+    to a journal: step records and foreach iterations. `full` asks for every record (the
+    first commit of a pass, whose snapshot may have been read from an older layout, and any
+    change that touches records wholesale, such as a cancel)."""
+
+    full: bool = True
+    steps: set[str] = field(default_factory=set)
+    items: dict[str, set[int]] = field(default_factory=dict)
+
+    def step(self, step_id: str) -> None:
+        self.steps.add(step_id)
+
+    def item(self, step_id: str, index: int) -> None:
+        self.items.setdefault(step_id, set()).add(index)
+
+    def note(self, events: Iterable[Event]) -> None:
+        """Mark what `events` announce: every step and iteration transition is committed
+        with an event naming it (a step-output changes no record)."""
+        for event in events:
+            step_id = event.data.get("step_id")
+            if step_id is None or event.type is EventType.STEP_OUTPUT:
+                continue
+            if event.type is EventType.STEP_PROGRESS:
+                self.item(step_id, int(event.data["current_index"]))
+            else:
+                self.step(step_id)
+
+    def clear(self) -> None:
+        self.full = False
+        self.steps = set()
+        self.items = {}
+
+
+# The snapshot's fields kept as records of their own, outside its JSON (the run's "blob").
+_RECORD_FIELDS = {"steps", "iterations"}
+
+
 @dataclass(frozen=True, slots=True)
 class SnapshotImage:
-    """A snapshot as it was at one instant: its JSON, and the fields a store indexes it by.
+    """A snapshot as it was at one instant: its JSON without step records and foreach
+    iterations, the JSON of those records (every one when `full`, else those changed), and
+    the fields a store indexes it by.
 
     A journal that writes behind the executor takes one of these at each transition, so a
-    later write stores exactly what was committed, whatever the live snapshot became since."""
+    later write stores exactly what was committed, whatever the live snapshot became since.
+    A store applies a partial image over the records it has; a full one replaces them all."""
 
     run_id: str
     workflow_id: str
@@ -205,11 +275,46 @@ class SnapshotImage:
     request_id: str
     updated_at: float
     json: str
+    # Step id -> StepRecord JSON.
+    steps: dict[str, str]
+    # Foreach step id -> iteration index -> IterationRecord JSON.
+    items: dict[str, dict[int, str]]
+    full: bool
+    # Every foreach step id with iteration records (whether or not this image carries any).
+    foreach_steps: tuple[str, ...]
 
     @classmethod
-    def of(cls, snapshot: Snapshot | SnapshotImage) -> SnapshotImage:
+    def of(
+        cls, snapshot: Snapshot | SnapshotImage, changes: ChangeSet | None = None
+    ) -> SnapshotImage:
+        """The image of `snapshot`: full without `changes`, else with the records `changes`
+        names, which it then clears (the next image carries what changes after this one)."""
         if isinstance(snapshot, SnapshotImage):
             return snapshot
+        full = changes is None or changes.full
+        if full:
+            step_ids: Iterable[str] = snapshot.steps
+            item_ids: Mapping[str, Iterable[int]] = snapshot.iterations
+        else:
+            assert changes is not None
+            step_ids, item_ids = changes.steps, changes.items
+        steps = {
+            step_id: rec.model_dump_json(exclude_defaults=True)
+            for step_id in step_ids
+            if (rec := snapshot.steps.get(step_id)) is not None
+        }
+        items: dict[str, dict[int, str]] = {}
+        for step_id, indexes in item_ids.items():
+            kept = snapshot.iterations.get(step_id)
+            if kept is None:
+                continue  # a nested workflow's foreach: its records ride in `children`
+            items[step_id] = {
+                i: it.model_dump_json(exclude_defaults=True)
+                for i in indexes
+                if (it := kept.get(i)) is not None
+            }
+        if changes is not None:
+            changes.clear()
         return cls(
             run_id=snapshot.run_id,
             workflow_id=snapshot.workflow_id,
@@ -218,11 +323,55 @@ class SnapshotImage:
             request_id=snapshot.request_id,
             updated_at=snapshot.updated_at,
             # Fields at their defaults are left out: they load back the same, in fewer bytes.
-            json=snapshot.model_dump_json(exclude_defaults=True),
+            json=snapshot.model_dump_json(exclude=_RECORD_FIELDS, exclude_defaults=True),
+            steps=steps,
+            items=items,
+            full=full,
+            foreach_steps=tuple(snapshot.iterations),
+        )
+
+    def merged(self, later: SnapshotImage) -> SnapshotImage:
+        """One image that stores what this one and then `later` store (group commit)."""
+        if later.full:
+            return later
+        items = {step_id: dict(kept) for step_id, kept in self.items.items()}
+        for step_id, kept in later.items.items():
+            items.setdefault(step_id, {}).update(kept)
+        return SnapshotImage(
+            run_id=later.run_id,
+            workflow_id=later.workflow_id,
+            resource_id=later.resource_id,
+            status=later.status,
+            request_id=later.request_id,
+            updated_at=later.updated_at,
+            json=later.json,
+            steps={**self.steps, **later.steps},
+            items=items,
+            full=self.full,
+            foreach_steps=later.foreach_steps,
         )
 
     def load(self) -> Snapshot:
-        return Snapshot.model_validate_json(self.json)
+        """The snapshot (whole only when the image is full)."""
+        return assemble(self.json, self.steps, self.items)
+
+
+def assemble(
+    blob: str, steps: Mapping[str, str], items: Mapping[str, Mapping[int, str]]
+) -> Snapshot:
+    """A snapshot from its JSON and its records' JSON. Step records come in the order of the
+    execution path (records off the path after, as given), whatever order a store kept."""
+    snapshot = Snapshot.model_validate_json(blob)
+    if steps:
+        path = {step_id: i for i, step_id in enumerate(snapshot.step_execution_path)}
+        last = len(path)
+        for step_id in sorted(steps, key=lambda s: path.get(s, last)):
+            snapshot.steps[step_id] = StepRecord.model_validate_json(steps[step_id])
+    for step_id, kept in items.items():
+        iterations = snapshot.iterations.setdefault(step_id, {})
+        for i in sorted(kept):
+            iterations[i] = IterationRecord.model_validate_json(kept[i])
+    return snapshot
 
 
 class EventType(StrEnum):
@@ -247,8 +396,10 @@ class Event(BaseModel):
       step-output:      step_id, output
       step-progress:    step_id, completed_count, total_count, current_index,
                         iteration_status, iteration_output?
-      step-result:      step_id, status ("success" | "failed" | "canceled"), payload,
-                        output? | error?, started_at, ended_at, attempts
+      step-result:      step_id, status ("success" | "failed" | "canceled"), payload?,
+                        output? | error?, started_at, ended_at, attempts (a foreach's
+                        carries neither its input list nor its outputs: its step-start and
+                        step-progress events and its record do)
       step-suspended:   step_id, payload, suspend_payload, labels, suspended_at
       step-waiting:     step_id, payload, started_at, wake_at
       workflow-canceled: (empty)

@@ -159,6 +159,7 @@ def rewind(
         snap.suspended_paths.pop(uid, None)
         snap.active_steps.pop(uid, None)
         snap.children.pop(uid, None)
+        snap.iterations.pop(uid, None)
     snap.steps.update(kept)
     for uid, payload in rerun.items():
         snap.steps[uid] = StepRecord(status=StepStatus.RUNNING, payload=payload)

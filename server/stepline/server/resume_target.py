@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import FailedPrecondition, FieldViolation, InvalidArgument
-from .model import Snapshot
+from .model import Snapshot, StepStatus
 from .schema import SchemaViolation
 from .workflows import ForeachNode, Node, Step, Workflow
 
@@ -90,8 +90,9 @@ def suspended_iterations(snap: Snapshot, index: int, node: Node) -> list[int]:
     entry that is not a foreach)."""
     if not isinstance(node, ForeachNode):
         return []
-    items = snap.entry_state.get(str(index), {}).get("items") or []
-    return [i for i, item in enumerate(items) if item is not None and item["status"] == "suspended"]
+    snap.adopt_legacy_items(node.step.id, index)
+    items = snap.iterations.get(node.step.id, {})
+    return sorted(i for i, item in items.items() if item.status is StepStatus.SUSPENDED)
 
 
 def check_iteration(workflow: Workflow, snap: Snapshot, path: Sequence[str], index: int) -> None:

@@ -20,7 +20,16 @@ from typing import Any, Protocol
 from . import logs
 from .errors import LeaseLost, RunNotFound, StoreUnavailable
 from .execution import Execution, serialize_error
-from .model import ErrorData, Event, EventType, RunStatus, Snapshot, SnapshotImage, now
+from .model import (
+    ChangeSet,
+    ErrorData,
+    Event,
+    EventType,
+    RunStatus,
+    Snapshot,
+    SnapshotImage,
+    now,
+)
 from .store import Lease, Store, StoredRun, WorkItem
 from .store.base import CLAIM_GRACE
 from .workflows import Registry
@@ -71,13 +80,15 @@ HOUSEKEEPING_BATCH = 500
 class StoreJournal:
     """Writes an execution's transitions under its lease's fence: group commit.
 
-    Each commit takes an image of the snapshot at once. A step result, a suspension or the
-    end of the pass (release) is durable before `commit` returns, together with everything
-    committed before it, in one store write. A start transition (run start, step start, step
-    output) is written behind: it joins the next durable write, or goes on its own after
-    `write_behind` seconds. So a run of fast steps costs one store write per step, and the
-    order of transitions in the store is always the commit order. A failed write (lost lease,
-    store down) fails the next commit.
+    Each commit takes an image of the snapshot at once: its JSON without records, and the
+    JSON of the records the commit's change set names (all of them on the pass's first
+    commit). Images waiting for one write are merged, later records over earlier ones. A step
+    result, a suspension or the end of the pass (release) is durable before `commit` returns,
+    together with everything committed before it, in one store write. A start transition (run
+    start, step start, step output) is written behind: it joins the next durable write, or
+    goes on its own after `write_behind` seconds. So a run of fast steps costs one store write
+    per step, and the order of transitions in the store is always the commit order. A failed
+    write (lost lease, store down) fails the next commit.
     """
 
     def __init__(
@@ -97,7 +108,7 @@ class StoreJournal:
         self._on_write_behind_failure = on_write_behind_failure
         # One write at a time, so a later image never lands before an earlier one.
         self._lock = asyncio.Lock()
-        # What is committed and not yet written; a later image covers the earlier ones.
+        # What is committed and not yet written (later images merged into it).
         self._image: SnapshotImage | None = None
         self._events: list[Event] = []
         self._release = False
@@ -117,10 +128,12 @@ class StoreJournal:
         *,
         release: bool = False,
         wake_at: float | None = None,
+        changes: ChangeSet | None = None,
     ) -> bool:
         if self._failure is not None:
             raise self._failure
-        self._image = SnapshotImage.of(snapshot)
+        image = SnapshotImage.of(snapshot, changes)
+        self._image = image if self._image is None else self._image.merged(image)
         self._events.extend(events)
         self._release = self._release or release
         if wake_at is not None:

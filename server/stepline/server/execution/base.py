@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Protocol
 
-from ..model import ErrorData, Event, RunStatus, Snapshot
+from ..model import ChangeSet, ErrorData, Event, RunStatus, Snapshot
 
 
 class Journal(Protocol):
@@ -21,10 +21,13 @@ class Journal(Protocol):
         *,
         release: bool = False,
         wake_at: float | None = None,
+        changes: ChangeSet | None = None,
     ) -> bool:
         """Persist; returns True when cancellation of the run has been requested.
 
-        `wake_at` (with release) registers the durable timer of a WAITING run."""
+        `wake_at` (with release) registers the durable timer of a WAITING run. `changes`
+        names the records changed since the last commit (None: all of them); the journal
+        takes them (and clears it) at once."""
         ...
 
 

@@ -1,7 +1,7 @@
 """A foreach entry: one run of its step per element of the list it receives, at most
-`concurrency` in flight, each iteration's end kept in the entry's state (`items`) so that a
-resumed or re-driven foreach runs only the iterations still open, and the step settled from
-all of them."""
+`concurrency` in flight, each iteration's end kept as a record of its own
+(`Snapshot.iterations`) so that a resumed or re-driven foreach runs only the iterations still
+open, and the step settled from all of them."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..cancellation import cancel_iterations
-from ..model import ErrorData, ResumeLabel, StepRecord, StepStatus
+from ..model import IterationRecord, ResumeLabel, StepRecord, StepStatus
 from ..workflows import ForeachNode, Step
 from . import transitions
 from .attempt import Attempt, run_attempts
@@ -21,7 +21,13 @@ if TYPE_CHECKING:
     from .walk import Execution
 
 
-_ENDED = ("success", "failed")
+_ENDED = (StepStatus.SUCCESS, StepStatus.FAILED)
+_STATUS = {
+    Kind.OK: StepStatus.SUCCESS,
+    Kind.BAILED: StepStatus.SUCCESS,
+    Kind.FAILED: StepStatus.FAILED,
+    Kind.SUSPENDED: StepStatus.SUSPENDED,
+}
 
 
 @dataclass
@@ -50,42 +56,44 @@ async def run_foreach(ex: Execution, index: int, node: ForeachNode, value: Any) 
         return await transitions.settle(
             ex, step.id, rec, StepStatus.FAILED, None, Outcome(Kind.FAILED, error=error)
         )
-    entry = snap.entry_state.setdefault(str(index), {})
-    items: list[dict[str, Any] | None] = entry.setdefault("items", [None] * len(value))
+    if snap.adopt_legacy_items(step.id, index):
+        ex.changes.full = True
+    items = snap.iterations.setdefault(step.id, {})
+    total = len(value)
 
     def targeted(i: int) -> bool:
-        item = items[i]
+        item = items.get(i)
         return (
             resume is not None
             and item is not None
-            and item["status"] == "suspended"
+            and item.status is StepStatus.SUSPENDED
             and resume.for_each_index in (None, i)
         )
 
     todo = [
         i
-        for i, item in enumerate(items)
-        if item is None or item["status"] == "running" or targeted(i)
+        for i in range(total)
+        if (item := items.get(i)) is None or item.status is StepStatus.RUNNING or targeted(i)
     ]
     resume_for = {i: (resume.data if resume else None) for i in todo if targeted(i)}
     # Iterations that ended (success or failure): counted once here, then kept up to date, so
     # an iteration's progress report costs the same at item 10 and at item 100,000.
-    ended = _Tally(sum(1 for it in items if it is not None and it["status"] in _ENDED))
+    ended = _Tally(sum(1 for it in items.values() if it.status in _ENDED))
     stop = asyncio.Event()
     window = asyncio.Semaphore(node.concurrency)
 
     async def one(i: int) -> None:
         try:
-            prev = items[i] or {}
-            items[i] = {"status": "running"}
+            prev = items.get(i)
+            items[i] = IterationRecord(status=StepStatus.RUNNING)
             attempt = await run_attempts(
                 ex,
                 step,
                 value[i],
                 resume_for.get(i),
-                prev.get("suspend_payload") if i in resume_for else None,
+                prev.suspend_payload if prev is not None and i in resume_for else None,
             )
-            await _item_done(ex, step, items, i, attempt, ended)
+            await _item_done(ex, step, items, total, i, attempt, ended)
             if attempt.kind is Kind.FAILED or (
                 attempt.kind is Kind.SUSPENDED and node.concurrency == 1
             ):
@@ -101,43 +109,38 @@ async def run_foreach(ex: Execution, index: int, node: ForeachNode, value: Any) 
             break
         tasks.append(asyncio.create_task(one(i)))
     await asyncio.gather(*tasks)
-    return await _foreach_outcome(ex, step, [index], rec, items)
+    return await _foreach_outcome(ex, step, [index], rec, items, total)
 
 
 async def _item_done(
     ex: Execution,
     step: Step[Any, Any],
-    items: list[dict[str, Any] | None],
+    items: dict[int, IterationRecord],
+    total: int,
     i: int,
     attempt: Attempt,
     ended: _Tally,
 ) -> None:
-    status = {
-        Kind.OK: "success",
-        Kind.BAILED: "success",
-        Kind.FAILED: "failed",
-        Kind.SUSPENDED: "suspended",
-    }.get(attempt.kind, "canceled")
-    item: dict[str, Any] = {"status": status}
+    item = IterationRecord(status=_STATUS.get(attempt.kind, StepStatus.CANCELED))
     if attempt.kind in (Kind.OK, Kind.BAILED):
-        item["output"] = attempt.value
+        item.output = attempt.value
         ex.snap.state.update(attempt.state_update)
     elif attempt.kind is Kind.FAILED and attempt.error is not None:
-        item["error"] = attempt.error.model_dump()
+        item.error = attempt.error
     elif attempt.suspend is not None:
-        item["suspend_payload"] = attempt.suspend.payload
-        item["labels"] = attempt.suspend.labels
+        item.suspend_payload = attempt.suspend.payload
+        item.labels = attempt.suspend.labels
     items[i] = item
-    if status in _ENDED:  # only open iterations run, so each ends once
+    if item.status in _ENDED:  # only open iterations run, so each ends once
         ended.count += 1
     await transitions.report_iteration(
         ex,
         step.id,
         index=i,
-        status=status,
-        output=item.get("output"),
+        status=item.status.value,
+        output=item.output,
         completed=ended.count,
-        total=len(items),
+        total=total,
     )
 
 
@@ -146,37 +149,44 @@ async def _foreach_outcome(
     step: Step[Any, Any],
     position: list[int],
     rec: StepRecord,
-    items: list[dict[str, Any] | None],
+    items: dict[int, IterationRecord],
+    total: int,
 ) -> Outcome:
     rec.attempts = 1
-    failed = [it for it in items if it is not None and it["status"] == "failed"]
+    ordered = sorted(items.items())
+    failed = [it for _, it in ordered if it.status is StepStatus.FAILED]
     if failed:
-        rec.error = ErrorData.model_validate(failed[0]["error"])
+        rec.error = failed[0].error
         return await transitions.settle(
-            ex, step.id, rec, StepStatus.FAILED, None, Outcome(Kind.FAILED, error=rec.error)
+            ex,
+            step.id,
+            rec,
+            StepStatus.FAILED,
+            None,
+            Outcome(Kind.FAILED, error=rec.error),
+            values=False,
         )
-    if ex.cancel_event.is_set() and any(it is None or it["status"] != "success" for it in items):
-        closed = cancel_iterations(step.id, items)
+    complete = len(items) == total and all(it.status is StepStatus.SUCCESS for _, it in ordered)
+    if ex.cancel_event.is_set() and not complete:
+        closed = cancel_iterations(step.id, items, total)
         if closed:
             await ex.commit(closed)
         return await transitions.settle(
-            ex, step.id, rec, StepStatus.CANCELED, None, Outcome(Kind.CANCELED)
+            ex, step.id, rec, StepStatus.CANCELED, None, Outcome(Kind.CANCELED), values=False
         )
-    suspended = {
-        i: it for i, it in enumerate(items) if it is not None and it["status"] == "suspended"
-    }
-    if suspended or any(it is None for it in items):
-        labels = [label for it in suspended.values() for label in it.get("labels", [])]
+    suspended = {i: it for i, it in ordered if it.status is StepStatus.SUSPENDED}
+    if suspended or len(items) < total:
+        labels = [label for it in suspended.values() for label in it.labels]
         targets = {
             label: ResumeLabel(step_id=step.id, for_each_index=i)
             for i, it in suspended.items()
-            for label in it.get("labels", [])
+            for label in it.labels
         }
-        payload = {str(i): it.get("suspend_payload") for i, it in suspended.items()}
+        payload = {str(i): it.suspend_payload for i, it in suspended.items()}
         return await transitions.suspend(ex, step.id, position, rec, payload, labels, targets)
-    outputs = [it["output"] for it in items if it is not None]
+    outputs = [it.output for _, it in ordered]
     return await transitions.settle(
-        ex, step.id, rec, StepStatus.SUCCESS, outputs, Outcome(Kind.OK, outputs)
+        ex, step.id, rec, StepStatus.SUCCESS, outputs, Outcome(Kind.OK, outputs), values=False
     )
 
 

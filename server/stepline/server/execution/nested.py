@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ..model import (
+    ChangeSet,
     Event,
     PendingResume,
     ResumeLabel,
@@ -41,6 +42,7 @@ class ChildJournal:
         *,
         release: bool = False,
         wake_at: float | None = None,
+        changes: ChangeSet | None = None,
     ) -> bool:
         await self._parent.commit(transitions.with_step_prefix(events, self._prefix))
         return False  # the shared cancel event already carries the parent's flag
@@ -116,6 +118,7 @@ async def run_child(
         return await transitions.suspend(ex, child_wf.id, position, rec, payload, labels, targets)
     if outcome.kind is Kind.WAITING:
         rec.status = StepStatus.WAITING
+        ex.changes.step(child_wf.id)  # written by the commit that hands the run to its timer
         return outcome
     return await transitions.settle(ex, child_wf.id, rec, StepStatus.CANCELED, None, outcome)
 

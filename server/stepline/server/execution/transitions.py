@@ -77,7 +77,9 @@ async def finish(ex: Execution, outcome: Outcome) -> Snapshot:
         snap.resumed_since_suspend = False
         events.append(Event(type=EventType.WORKFLOW_PAUSED))
     else:
-        # No step of a canceled run stays running, waiting or suspended.
+        # No step of a canceled run stays running, waiting or suspended (every record may
+        # change, iterations of an older layout included: write them all).
+        ex.changes.full = True
         events.extend(close_open_steps(snap, ex.workflow))
         events.append(Event(type=EventType.WORKFLOW_CANCELED))
     events.append(Event(type=EventType.WORKFLOW_FINISH, data=data))
@@ -185,20 +187,25 @@ async def settle(
     status: StepStatus,
     output: Any,
     outcome: Outcome,
+    *,
+    values: bool = True,
 ) -> Outcome:
     """Record the step's end as `status` (with `output`, or its `rec.error`), emit its
-    step-result, and hand back `outcome`."""
+    step-result, and hand back `outcome`. Without `values` (a foreach, whose input list is
+    in its step-start and each output in a step-progress) the event carries neither the
+    payload nor the output: the step's record holds both."""
     rec.status, rec.ended_at, rec.output = status, now(), output
     ex.snap.active_steps.pop(unit_id, None)
     data: dict[str, Any] = {
         "step_id": unit_id,
         "status": status.value,
-        "payload": rec.payload,
         "started_at": rec.started_at,
         "ended_at": rec.ended_at,
         "attempts": rec.attempts,
     }
-    if status is StepStatus.SUCCESS:
+    if values:
+        data["payload"] = rec.payload
+    if values and status is StepStatus.SUCCESS:
         data["output"] = output
     if rec.error is not None:
         data["error"] = rec.error.model_dump()

@@ -14,7 +14,7 @@ import contextlib
 from collections.abc import Sequence
 from typing import Any
 
-from ..model import Event, RunStatus, Snapshot, StepStatus, now
+from ..model import ChangeSet, Event, RunStatus, Snapshot, StepStatus, now
 from ..workflows import (
     BranchNode,
     ForeachNode,
@@ -56,6 +56,8 @@ class Execution:
         self.workflow_id = snapshot.workflow_id
         self.resource_id = snapshot.resource_id
         self.request_context = snapshot.request_context
+        # Records changed since the last commit; the pass's first commit writes them all.
+        self.changes = ChangeSet()
 
     # -- StepRuntime -----------------------------------------------------------------------
     def init_data(self) -> Any:
@@ -83,7 +85,10 @@ class Execution:
         self, events: Sequence[Event], *, release: bool = False, wake_at: float | None = None
     ) -> None:
         self.snap.updated_at = now()
-        if await self.journal.commit(self.snap, events, release=release, wake_at=wake_at):
+        self.changes.note(events)
+        if await self.journal.commit(
+            self.snap, events, release=release, wake_at=wake_at, changes=self.changes
+        ):
             self.cancel_event.set()
 
     async def cancelled_within(self, delay: float) -> bool:

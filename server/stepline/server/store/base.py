@@ -6,8 +6,10 @@ Ownership rules the interface enforces:
   `write(..., expected_version=...)`, a compare-and-set on the stored version.
 - A worker holds a run under a lease taken with `acquire`, which bumps the fencing counter.
   Its writes carry that fence; a write with a stale fence raises `LeaseLost`.
-- Every write stores the whole snapshot and appends its events in one atomic step; events get
-  dense sequence numbers from 1. No other way exists to append an event.
+- Every write stores the snapshot and appends its events in one atomic step; events get
+  dense sequence numbers from 1. No other way exists to append an event. A write of a
+  `SnapshotImage` made with a change set stores only the step records and foreach iterations
+  it names over those stored; any other write is full and replaces them all.
 - A run may also be created already held (`create(..., lease_owner=...)`): the replica
   that accepted it executes it at once, without a trip through the queue.
 - Cancel of a held run only raises a flag (`request_cancel`); the holder sees it in the
@@ -138,7 +140,9 @@ class Store(Protocol):
         release: bool = False,
         wake_at: float | None = None,
     ) -> WriteOutcome:
-        """Store `snapshot` (whole) and append `events`, as one atomic step.
+        """Store `snapshot` and append `events`, as one atomic step. A Snapshot, or a full
+        image, replaces every stored record; a partial image (`SnapshotImage.of` with a
+        change set) writes its records over the stored ones.
 
         `wake_at` registers a durable timer: at that time `fire_timers` queues the run again
         (a WAITING run handed back by its holder).

@@ -1,9 +1,9 @@
 """Every Redis key, channel and group name the Redis store uses, built in one place.
 
-A run's keys carry its encoded id as a Redis Cluster hash tag (`stepline:run:{<id>}` and
-`stepline:run:{<id>}:events`), so one Lua script can touch both. Ids are percent-encoded
-(everything but `A-Z a-z 0-9 _ . - ~`), which is injective and leaves no `{`, `}`, `:`,
-glob character or whitespace in a key, so no run id can reach another run's keys.
+A run's keys carry its encoded id as a Redis Cluster hash tag (`stepline:run:{<id>}`, its
+`:events`, `:steps` and `:items:<step id>`), so one Lua script can touch them all. Ids are
+percent-encoded (everything but `A-Z a-z 0-9 _ . - ~`), which is injective and leaves no `{`,
+`}`, `:`, glob character or whitespace in a key, so no run id can reach another run's keys.
 """
 
 from __future__ import annotations
@@ -50,6 +50,15 @@ class Keys:
     def events(self, run_id: str) -> str:
         """The run's event stream; entry ids are `0-<sequence>`."""
         return f"{self.run(run_id)}:events"
+
+    def steps(self, run_id: str) -> str:
+        """The run's step records: step id -> StepRecord JSON."""
+        return f"{self.run(run_id)}:steps"
+
+    def items(self, run_id: str, step_id: str) -> str:
+        """The iteration records of the run's foreach `step_id`: index -> IterationRecord
+        JSON. (The WRITE script builds the same name from the run key and `encode(step_id)`.)"""
+        return f"{self.run(run_id)}:items:{encode(step_id)}"
 
     def index_workflow(self, workflow_id: str) -> str:
         return f"{self.prefix}:idx:wf:{encode(workflow_id)}"

@@ -1,9 +1,12 @@
 """The in-process store: the Redis store's semantics in a dict, for tests and single-process use.
 
 Every method finishes its reads and writes before its first `await`, which makes each one as
-atomic as a Lua script is in Redis. Snapshots and events go in through a JSON round trip, as
-they would to Redis (a tuple comes back a list; what JSON cannot hold fails here too), and
-come out as deep copies, so no caller can change stored state through a shared object.
+atomic as a Lua script is in Redis. A run is kept as Redis keeps it: the snapshot's JSON
+without its records, and the JSON of each step record and foreach iteration apart, so a write
+carrying a change set stores only those records and a full write replaces them all. Events go
+in through a JSON round trip too (a tuple comes back a list; what JSON cannot hold fails here
+too), and everything comes out freshly parsed, so no caller can change stored state through a
+shared object.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from ..errors import LeaseLost, RunNotFound, StoreConflict
-from ..model import Event, RunStatus, Snapshot, SnapshotImage
+from ..model import Event, RunStatus, Snapshot, SnapshotImage, assemble
 from .base import (
     CLAIM_GRACE,
     CreateOutcome,
@@ -38,7 +41,10 @@ _Model = TypeVar("_Model", Snapshot, Event)
 
 @dataclass
 class _Run:
-    snapshot: Snapshot
+    # The snapshot's JSON without its records, and its status and last change.
+    blob: str
+    status: RunStatus
+    updated_at: float
     # Fixed at create: they place the run in listings, like the Redis indexes.
     workflow_id: str
     resource_id: str
@@ -54,6 +60,38 @@ class _Run:
     trimmed: int = 0
     # When a finished run is forgotten (None: kept).
     expires_at: float | None = None
+    # Step id -> StepRecord JSON; foreach step id -> index -> IterationRecord JSON.
+    steps: dict[str, str] = field(default_factory=dict)
+    items: dict[str, dict[int, str]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, image: SnapshotImage, created_at: float) -> _Run:
+        run = cls(
+            blob=image.json,
+            status=image.status,
+            updated_at=image.updated_at,
+            workflow_id=image.workflow_id,
+            resource_id=image.resource_id,
+            created_at=created_at,
+        )
+        run.store(image)
+        return run
+
+    def store(self, image: SnapshotImage) -> None:
+        """Take the image's JSON and records: over the records kept (partial), or instead
+        of them (full). Iterations of a foreach the image no longer lists are dropped."""
+        self.blob, self.status, self.updated_at = image.json, image.status, image.updated_at
+        if image.full:
+            self.steps, self.items = {}, {}
+        self.steps.update(image.steps)
+        listed = set(image.foreach_steps)
+        self.items = {step_id: kept for step_id, kept in self.items.items() if step_id in listed}
+        for step_id, kept in image.items.items():
+            self.items.setdefault(step_id, {}).update(kept)
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return assemble(self.blob, self.steps, self.items)
 
     @property
     def last_sequence(self) -> int:
@@ -68,7 +106,7 @@ class _Run:
 
     def stored(self, now: float) -> StoredRun:
         return StoredRun(
-            snapshot=self.snapshot.model_copy(deep=True),
+            snapshot=self.snapshot,
             version=self.version,
             last_sequence=self.last_sequence,
             cancel_requested=self.cancel,
@@ -80,9 +118,9 @@ class _Run:
             run_id=run_id,
             workflow_id=self.workflow_id,
             resource_id=self.resource_id,
-            status=self.snapshot.status,
+            status=self.status,
             created_at=self.created_at,
-            updated_at=self.snapshot.updated_at,
+            updated_at=self.updated_at,
         )
 
 
@@ -118,12 +156,7 @@ class MemoryStore:
         existing = self._live(snapshot.run_id)
         if existing is not None:
             return CreateOutcome(created=False, run=existing.stored(now))
-        run = _Run(
-            snapshot=_through_json(snapshot),
-            workflow_id=snapshot.workflow_id,
-            resource_id=snapshot.resource_id,
-            created_at=snapshot.created_at,
-        )
+        run = _Run.of(SnapshotImage.of(snapshot), snapshot.created_at)
         self._runs[snapshot.run_id] = run
         if lease_owner:
             run.fence, run.lease_owner, run.lease_until = 1, lease_owner, now + lease_ttl
@@ -152,9 +185,8 @@ class MemoryStore:
         """Store the snapshot and append the events under exactly one guard (see `Store`)."""
         if (fence is None) == (expected_version is None):
             raise ValueError("write needs exactly one guard: fence or expected_version")
-        image = SnapshotImage.of(snapshot)
         # Before any check, so that a value JSON cannot hold fails with nothing changed.
-        stored_snapshot = image.load()
+        image = SnapshotImage.of(snapshot)
         stored_events = [_through_json(event) for event in events]
         run = self._live(image.run_id)
         if run is None:
@@ -173,7 +205,7 @@ class MemoryStore:
             # An expired holder must not write over this unheld change when it wakes up.
             run.end_lease()
         cancel_requested = run.cancel
-        run.snapshot = stored_snapshot
+        run.store(image)
         for event in stored_events:
             run.events.append(event.model_copy(update={"sequence": run.last_sequence + 1}))
         if self._max_events is not None and len(run.events) > self._max_events:
@@ -206,7 +238,7 @@ class MemoryStore:
         """Lease a PENDING/RUNNING/WAITING run that no live lease holds; bumps the fence."""
         now = time.time()
         run = self._live(run_id)
-        if run is None or not _acquirable(run.snapshot.status) or run.leased(now):
+        if run is None or not _acquirable(run.status) or run.leased(now):
             return None
         run.fence += 1
         run.lease_owner = owner
@@ -262,7 +294,7 @@ class MemoryStore:
             if deadline > now:
                 break
             run = self._live(run_id)
-            if run is None or run.snapshot.status.settled:
+            if run is None or run.status.settled:
                 del self._watchdog[run_id]
             elif run.leased(now):
                 self._watchdog[run_id] = run.lease_until

@@ -1,9 +1,11 @@
-"""The Redis store: one hash and one stream per run, Lua scripts for every guarded change.
+"""The Redis store: a few hashes and one stream per run, Lua scripts for every guarded change.
 
-Layout (names in `keys.py`): the run hash holds the snapshot JSON and the store fields (`ver`,
-`seq`, `fence`, lease, `cancel`); the run's event stream has entry ids `0-<sequence>`, so a
-cursor is a stream id; sorted sets index runs by created_at; a stream with one consumer group
-is the work queue; a pub/sub channel carries cancel requests.
+Layout (names in `keys.py`; docs/storage.md): the run hash holds the snapshot JSON without its
+records and the store fields (`ver`, `seq`, `fence`, lease, `cancel`, `layout`, `ikeys`); step
+records are a hash of their own, and each foreach's iterations another; the run's event
+stream has entry ids `0-<sequence>`, so a cursor is a stream id; sorted sets index runs by
+created_at; a stream with one consumer group is the work queue; a pub/sub channel carries
+cancel requests.
 
 `RedisStore` is composed of one part per concern, all sharing one `RedisCore` (clients, keys,
 scripts, the pipelined round trip):

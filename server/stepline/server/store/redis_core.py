@@ -69,6 +69,7 @@ class RedisCore:
         self._write = client.register_script(scripts.WRITE)
         self._drop_fired = client.register_script(scripts.DROP_FIRED_TIMERS)
         self._acquire = client.register_script(scripts.ACQUIRE)
+        self._read = client.register_script(scripts.READ)
         self._renew = client.register_script(scripts.RENEW)
         self._release = client.register_script(scripts.RELEASE)
         self._request_cancel = client.register_script(scripts.REQUEST_CANCEL)
@@ -78,6 +79,7 @@ class RedisCore:
             self._write,
             self._drop_fired,
             self._acquire,
+            self._read,
             self._renew,
             self._release,
             self._request_cancel,
@@ -93,7 +95,7 @@ class RedisCore:
             await client.aclose()
 
     def _run_keys(self, run_id: str) -> list[str]:
-        return [self._keys.run(run_id), self._keys.events(run_id)]
+        return [self._keys.run(run_id), self._keys.events(run_id), self._keys.steps(run_id)]
 
     @staticmethod
     def _scripted(script: AsyncScript, keys: list[str], args: list[str]) -> list[Arg]:

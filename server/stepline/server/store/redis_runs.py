@@ -1,10 +1,13 @@
 """The run operations of the Redis store: create, get, write, the lease (acquire, renew,
 release), cancel, delete, and reading and waiting on a run's events.
 
-A run is one hash (the snapshot JSON plus `ver`, `seq`, `fence`, lease and `cancel` fields) and
-one event stream whose entry ids are `0-<sequence>`, so a cursor is a stream id. Every guarded
-change is one Lua script (`scripts.py`) over the run's two keys; the global keys it touches on
-the side (watchdog, timers, indexes, `expiring`) are plain commands in the same round trip.
+A run is one hash (the snapshot JSON without its records, plus `ver`, `seq`, `fence`, lease,
+`cancel`, `layout` and `ikeys` fields), a hash of step records, one hash of iteration records
+per foreach, and one event stream whose entry ids are `0-<sequence>`, so a cursor is a stream
+id. Every guarded change is one Lua script (`scripts.py`) over the run's keys, which writes
+only the records the change names (or all of them, replacing what was there: a full write);
+the global keys it touches on the side (watchdog, timers, indexes, `expiring`) are plain
+commands in the same round trip.
 """
 
 from __future__ import annotations
@@ -14,15 +17,17 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
+from urllib.parse import unquote
 
 from redis import exceptions as redis_errors
 from redis.commands.core import AsyncScript
 from redis.typing import KeyT, StreamIdT
 
 from ..errors import LeaseLost, RunNotFound, StoreConflict
-from ..model import Event, Snapshot, SnapshotImage
+from ..model import Event, Snapshot, SnapshotImage, assemble
 from . import scripts
 from .base import CLAIM_GRACE, CreateOutcome, Lease, Renewal, StoredRun, WriteOutcome
+from .keys import encode
 from .redis_core import RedisCore, block_ms, reachable
 from .redis_queue import queue_entry
 from .resp import Arg
@@ -49,8 +54,10 @@ class RunOperations(RedisCore):
         now = time.time()
         held = bool(lease_owner)
         until = now + lease_ttl
+        image = SnapshotImage.of(snapshot)
+        item_keys, records = self._records(image)
         args = [
-            SnapshotImage.of(snapshot).json,
+            image.json,
             snapshot.status.value,
             snapshot.workflow_id,
             snapshot.resource_id,
@@ -59,17 +66,22 @@ class RunOperations(RedisCore):
             snapshot.request_id,
             lease_owner,
             repr(until),
+            *records,
         ]
         indexes = self._keys.indexes(snapshot.workflow_id, snapshot.resource_id)
         commands: list[list[Arg]] = [
             ["ZADD", self._keys.watchdog, until if held else now + CLAIM_GRACE, run_id],
-            self._scripted(self._create, self._run_keys(run_id), args),
+            self._scripted(self._create, [*self._run_keys(run_id), *item_keys], args),
         ]
         commands += [["ZADD", index, "NX", snapshot.created_at, run_id] for index in indexes]
         replies = await self._pipeline(commands)
         reply = replies[1]
         created = reply[0] == 1
-        run = _stored(reply[1:], now)
+        if created:
+            # What the script stored, as it reads back (a JSON round trip), without a read.
+            run = StoredRun(image.load(), 1, 0, cancel_requested=False, leased=held)
+        else:
+            run = _stored(reply[1], now)
         if created and not held:
             await self._pipeline([queue_entry(self._keys, run_id)])
         if not created:
@@ -83,8 +95,9 @@ class RunOperations(RedisCore):
 
     async def get(self, run_id: str) -> StoredRun | None:
         now = time.time()
-        (fields,) = await self._pipeline([["HMGET", self._keys.run(run_id), *scripts.RUN_FIELDS]])
-        return None if fields[0] is None else _stored(fields, now)
+        keys = [self._keys.run(run_id), self._keys.steps(run_id)]
+        (reply,) = await self._pipeline([self._scripted(self._read, keys, [])])
+        return None if reply[0][0] is None else _stored(reply, now)
 
     async def write(
         self,
@@ -112,7 +125,8 @@ class RunOperations(RedisCore):
         run_id = image.run_id
         settled = image.status.settled
         finished = image.status.finished
-        args = [
+        item_keys, records = self._records(image)
+        args: list[str] = [
             *guard,
             repr(time.time()),
             "1" if release else "0",
@@ -124,11 +138,13 @@ class RunOperations(RedisCore):
             self._retention_ms,
             self._max_events,
             "1" if finished else "0",
+            str(len(events)),
             # The sequence lives in the entry id, so it is left out of the entry.
             *(
                 event.model_dump_json(exclude={"sequence"}, exclude_defaults=True)
                 for event in events
             ),
+            *records,
         ]
 
         commands: list[list[Arg]] = []
@@ -142,7 +158,8 @@ class RunOperations(RedisCore):
             expires = time.time() + self._retention
             member = self._keys.expiring_member(run_id, image.workflow_id, image.resource_id)
             commands.append(["ZADD", self._keys.expiring, expires, member])
-        commands.append(self._scripted(self._write, self._run_keys(run_id), args))
+        keys = [*self._run_keys(run_id), *item_keys]
+        commands.append(self._scripted(self._write, keys, args))
         if settled:
             # Nothing can be orphaned any more. (If the script refused a stale holder, the
             # live holder's next renewal puts the deadline back.)
@@ -169,10 +186,11 @@ class RunOperations(RedisCore):
     async def acquire(self, run_id: str, owner: str, ttl: float) -> Lease | None:
         now = time.time()
         args = [owner, repr(now), repr(now + ttl)]
-        reply = await self._watched(self._acquire, run_id, args, now + ttl)
+        keys = [self._keys.run(run_id), self._keys.steps(run_id)]
+        reply = await self._watched(self._acquire, run_id, args, now + ttl, keys)
         if reply[0] == 0:
             return None
-        return Lease(run_id=run_id, fence=int(reply[0]), run=_stored(reply[1:], now))
+        return Lease(run_id=run_id, fence=int(reply[0]), run=_stored(reply[1], now))
 
     async def renew(self, run_id: str, fence: int, ttl: float) -> Renewal:
         until = time.time() + ttl
@@ -180,7 +198,12 @@ class RunOperations(RedisCore):
         return Renewal(held=renewed > 0, cancel_requested=renewed == 2)
 
     async def _watched(
-        self, script: AsyncScript, run_id: str, args: list[str], deadline: float
+        self,
+        script: AsyncScript,
+        run_id: str,
+        args: list[str],
+        deadline: float,
+        keys: list[str] | None = None,
     ) -> Any:
         """Run a lease script with the run's watchdog deadline set in the same round trip.
 
@@ -188,9 +211,28 @@ class RunOperations(RedisCore):
         before acting on a deadline, so a spare one costs a read, never a wrong re-queue."""
         commands: list[list[Arg]] = [
             ["ZADD", self._keys.watchdog, deadline, run_id],
-            self._scripted(script, [self._keys.run(run_id)], args),
+            self._scripted(script, keys or [self._keys.run(run_id)], args),
         ]
         return (await self._pipeline(commands))[1]
+
+    def _records(self, image: SnapshotImage) -> tuple[list[str], list[str]]:
+        """The iteration hashes an image writes to, and its records as the scripts take
+        them (see `store_records` in scripts.py)."""
+        args = [
+            "1" if image.full else "0",
+            " ".join(encode(step_id) for step_id in image.foreach_steps),
+            str(len(image.steps)),
+        ]
+        for step_id, record in image.steps.items():
+            args += [step_id, record]
+        keys: list[str] = []
+        args.append(str(len(image.items)))
+        for step_id, kept in image.items.items():
+            keys.append(self._keys.items(image.run_id, step_id))
+            args.append(str(len(kept)))
+            for index, record in kept.items():
+                args += [str(index), record]
+        return keys, args
 
     async def release(self, run_id: str, fence: int) -> None:
         release = self._scripted(self._release, [self._keys.run(run_id)], [str(fence)])
@@ -280,15 +322,32 @@ class RunOperations(RedisCore):
         return _sequence(first[0][0]) if first else int(last) + 1
 
 
-def _stored(fields: Sequence[Any], now: float) -> StoredRun:
-    snap, version, sequence, cancel, owner, lease_until = fields
+def _stored(reply: Sequence[Any], now: float) -> StoredRun:
+    """A run from a `read_run` reply: its fields, step records and iteration records."""
+    fields, steps, groups = reply
+    snap, version, sequence, cancel, owner, lease_until, _layout, _ikeys = fields
+    # A run of the first layout has no record hashes: its records are inside `snap`.
+    items = {_unencode(groups[g]): _pairs(groups[g + 1]) for g in range(0, len(groups), 2)}
     return StoredRun(
-        snapshot=Snapshot.model_validate_json(snap),
+        snapshot=assemble(snap, _pairs(steps), {k: _indexed(v) for k, v in items.items()}),
         version=int(version),
         last_sequence=int(sequence),
         cancel_requested=cancel == "1",
         leased=bool(owner) and float(lease_until) >= now,
     )
+
+
+def _pairs(flat: Sequence[str]) -> dict[str, str]:
+    """A HGETALL reply as a dict."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _indexed(records: dict[str, str]) -> dict[int, str]:
+    return {int(index): record for index, record in records.items()}
+
+
+def _unencode(encoded: str) -> str:
+    return "" if encoded == "%" else unquote(encoded)
 
 
 def _raw_events(entries: Any) -> list[Event]:

@@ -15,6 +15,8 @@ __all__ = [
     "DELETE",
     "DROP_FIRED_TIMERS",
     "EVENT_FIELD",
+    "LAYOUT",
+    "READ",
     "RELEASE",
     "RENEW",
     "REQUEST_CANCEL",
@@ -24,10 +26,15 @@ __all__ = [
 
 # The one field of an event stream entry: the event's JSON without its sequence.
 EVENT_FIELD = "e"
-# The run fields some scripts return, in this order.
-RUN_FIELDS = ["snap", "ver", "seq", "cancel", "lease_owner", "lease_until"]
+# The run fields some scripts return, in this order. `layout` is absent from a run written
+# before step records left `snap` (its steps and iterations are inside `snap`); `ikeys` lists
+# the encoded step ids of the run's foreach iteration hashes, space-separated.
+RUN_FIELDS = ["snap", "ver", "seq", "cancel", "lease_owner", "lease_until", "layout", "ikeys"]
+# The `layout` of a run whose records are hashes of their own.
+LAYOUT = "2"
 
 _PRELUDE = (
+    f"local LAYOUT = '{LAYOUT}'\n"
     "local RUN_FIELDS = {"
     + ", ".join(f"'{name}'" for name in RUN_FIELDS)
     + "}"
@@ -38,37 +45,107 @@ end
 local function lease_live(owner, lease_until, now)
   return owner ~= '' and tonumber(lease_until) >= tonumber(now)
 end
+-- The iteration hashes a run's `ikeys` field names (they share the run's hash tag).
+local function item_keys(run_key, listed)
+  local keys = {}
+  if listed then
+    for enc in string.gmatch(listed, '%S+') do keys[#keys + 1] = run_key .. ':items:' .. enc end
+  end
+  return keys
+end
+-- The whole run: its fields (RUN_FIELDS), its step records (HGETALL), and per foreach the
+-- encoded step id and its iteration records (HGETALL), flat.
+local function read_run(run_key, steps_key)
+  local fields = run_fields(run_key)
+  local groups = {}
+  if fields[8] then
+    for enc in string.gmatch(fields[8], '%S+') do
+      groups[#groups + 1] = enc
+      groups[#groups + 1] = redis.call('HGETALL', run_key .. ':items:' .. enc)
+    end
+  end
+  return {fields, redis.call('HGETALL', steps_key), groups}
+end
+-- Store records from ARGV[p]: full ('1' | '0'), ikeys, step count n, n (step id, JSON)
+-- pairs, foreach count g, then per foreach its count m and m (index, JSON) pairs, written to
+-- KEYS[first + j - 1] for the j-th. A full write first removes every record the run had.
+local function store_records(run_key, steps_key, p, first)
+  if ARGV[p] == '1' then
+    redis.call('DEL', steps_key)
+    for _, key in ipairs(item_keys(run_key, redis.call('HGET', run_key, 'ikeys'))) do
+      redis.call('DEL', key)
+    end
+  end
+  redis.call('HSET', run_key, 'ikeys', ARGV[p + 1], 'layout', LAYOUT)
+  local n = tonumber(ARGV[p + 2])
+  p = p + 3
+  for _ = 1, n do
+    redis.call('HSET', steps_key, ARGV[p], ARGV[p + 1])
+    p = p + 2
+  end
+  local groups = tonumber(ARGV[p])
+  p = p + 1
+  for j = 1, groups do
+    local m = tonumber(ARGV[p])
+    p = p + 1
+    for _ = 1, m do
+      redis.call('HSET', KEYS[first + j - 1], ARGV[p], ARGV[p + 1])
+      p = p + 2
+    end
+  end
+end
+-- Every key of the run: header, events, steps, and the iteration hashes `ikeys` names.
+local function all_keys(run_key, events_key, steps_key)
+  local keys = item_keys(run_key, redis.call('HGET', run_key, 'ikeys'))
+  keys[#keys + 1] = run_key
+  keys[#keys + 1] = events_key
+  keys[#keys + 1] = steps_key
+  return keys
+end
 """
 )
 
-# KEYS: run hash, events stream.
+# KEYS: run hash, events stream, steps hash, the iteration hash of each foreach with records.
 # ARGV: snap, status, workflow_id, resource_id, created_at, updated_at, request_id,
-#       lease owner ('' for none), lease_until.
+#       lease owner ('' for none), lease_until, then the records (see `store_records`, full).
 # A run created held starts at fence 1, as if its creator had acquired it.
+# Returns {1} when created (the caller has the run), else {0, the existing run (`read_run`)}.
 CREATE = (
     _PRELUDE
     + """
 if redis.call('EXISTS', KEYS[1]) == 1 then
-  return {0, unpack(run_fields(KEYS[1]))}
+  return {0, read_run(KEYS[1], KEYS[3])}
 end
 -- A stream left behind by anything would make XADD of 0-1 fail later.
-redis.call('DEL', KEYS[2])
+redis.call('DEL', KEYS[2], KEYS[3])
 local held = ARGV[8] ~= ''
 redis.call('HSET', KEYS[1],
   'snap', ARGV[1], 'status', ARGV[2], 'workflow_id', ARGV[3], 'resource_id', ARGV[4],
   'created_at', ARGV[5], 'updated_at', ARGV[6], 'request_id', ARGV[7],
   'ver', 1, 'seq', 0, 'fence', held and 1 or 0, 'lease_owner', ARGV[8],
   'lease_until', held and ARGV[9] or 0, 'cancel', 0)
-return {1, unpack(run_fields(KEYS[1]))}
+store_records(KEYS[1], KEYS[3], 10, 4)
+return {1}
 """
 )
 
-# KEYS: run hash, events stream.
+# KEYS: run hash, steps hash. Returns the run (`read_run`); its first field is nil when the
+# run does not exist.
+READ = (
+    _PRELUDE
+    + """
+return read_run(KEYS[1], KEYS[2])
+"""
+)
+
+# KEYS: run hash, events stream, steps hash, the iteration hash of each foreach the write
+#       carries records of.
 # ARGV: guard kind ('fence' | 'version'), guard value, now, release ('1' | '0'),
 #       settled ('1' | '0'), snap, status, updated_at, request_id,
 #       retention ms of a finished run ('0': kept), events kept per run ('0': all),
-#       finished ('1' | '0'), event JSON...
-# A finished run's two keys expire together after the retention; any other write keeps them.
+#       finished ('1' | '0'), event count e, e event JSONs, then the records (see
+#       `store_records`): those the write changed, or all of them (full).
+# A finished run's keys expire together after the retention; any other write keeps them.
 WRITE = (
     _PRELUDE
     + f"local EVENT_FIELD = '{EVENT_FIELD}'"
@@ -85,10 +162,12 @@ elseif run[3] ~= ARGV[2] or run[4] == '' then
   return {'stale_fence'}
 end
 local seq = tonumber(run[2])
-for i = 13, #ARGV do
+local count = tonumber(ARGV[13])
+for i = 14, 13 + count do
   seq = seq + 1
   redis.call('XADD', KEYS[2], '0-' .. seq, EVENT_FIELD, ARGV[i])
 end
+store_records(KEYS[1], KEYS[3], 14 + count, 4)
 local keep = tonumber(ARGV[11])
 if keep > 0 and seq > keep then
   redis.call('XTRIM', KEYS[2], 'MINID', '0-' .. (seq - keep + 1))
@@ -103,12 +182,13 @@ if ARGV[12] == '1' then
     redis.call('RESTORE', KEYS[2], 0, image)
   end
 end
-if ARGV[12] == '1' and ARGV[10] ~= '0' then
-  redis.call('PEXPIRE', KEYS[1], ARGV[10])
-  redis.call('PEXPIRE', KEYS[2], ARGV[10])
-else
-  redis.call('PERSIST', KEYS[1])
-  redis.call('PERSIST', KEYS[2])
+local expires = ARGV[12] == '1' and ARGV[10] ~= '0'
+for _, key in ipairs(all_keys(KEYS[1], KEYS[2], KEYS[3])) do
+  if expires then
+    redis.call('PEXPIRE', key, ARGV[10])
+  else
+    redis.call('PERSIST', key)
+  end
 end
 local ver = tonumber(run[1]) + 1
 redis.call('HSET', KEYS[1], 'snap', ARGV[6], 'status', ARGV[7], 'updated_at', ARGV[8],
@@ -125,7 +205,8 @@ return {'ok', ver, seq, run[6]}
 
 _ACQUIRABLE = [status.value for status in RunStatus if status is RunStatus.PENDING or status.active]
 
-# KEYS: run hash. ARGV: owner, now, lease_until.
+# KEYS: run hash, steps hash. ARGV: owner, now, lease_until.
+# Returns {0} or {fence, the run (`read_run`)}.
 ACQUIRE = (
     _PRELUDE
     + "local ACQUIRABLE = {"
@@ -138,7 +219,7 @@ if not run[1] or not ACQUIRABLE[run[1]] or lease_live(run[2], run[3], ARGV[2]) t
 end
 local fence = redis.call('HINCRBY', KEYS[1], 'fence', 1)
 redis.call('HSET', KEYS[1], 'lease_owner', ARGV[1], 'lease_until', ARGV[3])
-return {fence, unpack(run_fields(KEYS[1]))}
+return {fence, read_run(KEYS[1], KEYS[2])}
 """
 )
 
@@ -172,13 +253,17 @@ return 1
 """
 )
 
-# KEYS: run hash, events stream. Returns the ids the run is indexed under.
-DELETE = """
+# KEYS: run hash, events stream, steps hash. Removes every key of the run (its iteration
+# hashes too). Returns the ids the run is indexed under.
+DELETE = (
+    _PRELUDE
+    + """
 local ids = redis.call('HMGET', KEYS[1], 'workflow_id', 'resource_id')
 if not ids[1] then return {0} end
-redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('DEL', unpack(all_keys(KEYS[1], KEYS[2], KEYS[3])))
 return {1, ids[1], ids[2]}
 """
+)
 
 # KEYS: timers sorted set. ARGV: now, run id...
 # Drops the given timers only if still due: a run that woke and slept again meanwhile keeps
