@@ -262,9 +262,17 @@ class StepResultEvent(_message.Message):
     status: _run_pb2.StepStatus.ValueType
     attempts: _builtins.int
     @_builtins.property
-    def payload(self) -> _struct_pb2.Value: ...
+    def payload(self) -> _struct_pb2.Value:
+        """The step's input. Unset for a foreach step: its input list is in its step-start event
+        and its record (GetExecutionResult), not repeated here.
+        """
+
     @_builtins.property
-    def output(self) -> _struct_pb2.Value: ...
+    def output(self) -> _struct_pb2.Value:
+        """The step's output. Unset for a foreach step: each item's output is in its step-progress
+        event, and the whole list in the step's record (GetExecutionResult).
+        """
+
     @_builtins.property
     def error(self) -> _run_pb2.RunError: ...
     @_builtins.property

@@ -588,10 +588,14 @@ func (x *StepProgressEvent) GetIterationOutput() *structpb.Value {
 // A step finished: success, failure, or CANCELED (also a step that a cancel closed while it
 // was running, waiting or suspended).
 type StepResultEvent struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	StepId        string                 `protobuf:"bytes,1,opt,name=step_id,json=stepId,proto3" json:"step_id,omitempty"`
-	Status        StepStatus             `protobuf:"varint,2,opt,name=status,proto3,enum=stepline.v1.StepStatus" json:"status,omitempty"`
-	Payload       *structpb.Value        `protobuf:"bytes,3,opt,name=payload,proto3" json:"payload,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	StepId string                 `protobuf:"bytes,1,opt,name=step_id,json=stepId,proto3" json:"step_id,omitempty"`
+	Status StepStatus             `protobuf:"varint,2,opt,name=status,proto3,enum=stepline.v1.StepStatus" json:"status,omitempty"`
+	// The step's input. Unset for a foreach step: its input list is in its step-start event
+	// and its record (GetExecutionResult), not repeated here.
+	Payload *structpb.Value `protobuf:"bytes,3,opt,name=payload,proto3" json:"payload,omitempty"`
+	// The step's output. Unset for a foreach step: each item's output is in its step-progress
+	// event, and the whole list in the step's record (GetExecutionResult).
 	Output        *structpb.Value        `protobuf:"bytes,4,opt,name=output,proto3" json:"output,omitempty"`
 	Error         *RunError              `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
 	StartedAt     *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`

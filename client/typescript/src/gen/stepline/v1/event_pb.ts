@@ -264,11 +264,17 @@ export type StepResultEvent = Message<"stepline.v1.StepResultEvent"> & {
   status: StepStatus;
 
   /**
+   * The step's input. Unset for a foreach step: its input list is in its step-start event
+   * and its record (GetExecutionResult), not repeated here.
+   *
    * @generated from field: google.protobuf.Value payload = 3;
    */
   payload?: Value | undefined;
 
   /**
+   * The step's output. Unset for a foreach step: each item's output is in its step-progress
+   * event, and the whole list in the step's record (GetExecutionResult).
+   *
    * @generated from field: google.protobuf.Value output = 4;
    */
   output?: Value | undefined;
