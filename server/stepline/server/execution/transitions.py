@@ -196,21 +196,29 @@ async def settle(
     payload nor the output: the step's record holds both."""
     rec.status, rec.ended_at, rec.output = status, now(), output
     ex.snap.active_steps.pop(unit_id, None)
+    await ex.commit([_result_event(unit_id, rec, values=values)])
+    return outcome
+
+
+def _result_event(
+    step_id: str, rec: StepRecord, *, values: bool = True, attempts: int | None = None
+) -> Event:
+    """The step-result of a step whose record `rec` now holds its end: status, times and
+    attempts, the payload and (on success) the output unless `values` is off, the error."""
     data: dict[str, Any] = {
-        "step_id": unit_id,
-        "status": status.value,
+        "step_id": step_id,
+        "status": rec.status.value,
         "started_at": rec.started_at,
         "ended_at": rec.ended_at,
-        "attempts": rec.attempts,
+        "attempts": rec.attempts if attempts is None else attempts,
     }
     if values:
         data["payload"] = rec.payload
-    if values and status is StepStatus.SUCCESS:
-        data["output"] = output
+    if values and rec.status is StepStatus.SUCCESS:
+        data["output"] = rec.output
     if rec.error is not None:
         data["error"] = rec.error.model_dump()
-    await ex.commit([Event(type=EventType.STEP_RESULT, data=data)])
-    return outcome
+    return Event(type=EventType.STEP_RESULT, data=data)
 
 
 async def suspend(
@@ -253,22 +261,7 @@ async def fail_recorded(ex: Execution, step_id: str, error: ErrorData) -> Outcom
     """Fail a step whose own execution succeeded (e.g. its loop condition raised)."""
     rec = ex.snap.steps[step_id]
     rec.status, rec.error = StepStatus.FAILED, error
-    await ex.commit(
-        [
-            Event(
-                type=EventType.STEP_RESULT,
-                data={
-                    "step_id": step_id,
-                    "status": StepStatus.FAILED.value,
-                    "payload": rec.payload,
-                    "error": error.model_dump(),
-                    "started_at": rec.started_at,
-                    "ended_at": rec.ended_at,
-                    "attempts": rec.attempts,
-                },
-            )
-        ]
-    )
+    await ex.commit([_result_event(step_id, rec)])
     return Outcome(Kind.FAILED, error=error)
 
 
@@ -338,22 +331,7 @@ async def end_wait(ex: Execution, step_id: str, rec: StepRecord) -> Outcome:
     """Record a sleep as done, passing its input on, and emit its step-result."""
     rec.status, rec.output, rec.ended_at = StepStatus.SUCCESS, rec.payload, now()
     ex.snap.active_steps.pop(step_id, None)
-    await ex.commit(
-        [
-            Event(
-                type=EventType.STEP_RESULT,
-                data={
-                    "step_id": step_id,
-                    "status": StepStatus.SUCCESS.value,
-                    "payload": rec.payload,
-                    "output": rec.output,
-                    "started_at": rec.started_at,
-                    "ended_at": rec.ended_at,
-                    "attempts": 1,
-                },
-            )
-        ]
-    )
+    await ex.commit([_result_event(step_id, rec, attempts=1)])  # a sleep is one attempt
     return Outcome(Kind.OK, rec.output)
 
 
