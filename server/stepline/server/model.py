@@ -6,6 +6,7 @@ projection of it. Times are float seconds since the epoch.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -337,19 +338,8 @@ class SnapshotImage:
         items = {step_id: dict(kept) for step_id, kept in self.items.items()}
         for step_id, kept in later.items.items():
             items.setdefault(step_id, {}).update(kept)
-        return SnapshotImage(
-            run_id=later.run_id,
-            workflow_id=later.workflow_id,
-            resource_id=later.resource_id,
-            status=later.status,
-            request_id=later.request_id,
-            updated_at=later.updated_at,
-            json=later.json,
-            steps={**self.steps, **later.steps},
-            items=items,
-            full=self.full,
-            foreach_steps=later.foreach_steps,
-        )
+        steps = {**self.steps, **later.steps}
+        return dataclasses.replace(later, steps=steps, items=items, full=self.full)
 
     def load(self) -> Snapshot:
         """The snapshot (whole only when the image is full)."""

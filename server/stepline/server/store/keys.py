@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from urllib.parse import quote, unquote
 
-__all__ = ["Keys", "encode"]
+__all__ = ["Keys", "decode", "encode"]
 
 
 @functools.lru_cache(maxsize=65536)
@@ -20,6 +20,11 @@ def encode(value: str) -> str:
     # An empty hash tag (`{}`) makes Redis hash the whole key, which would split a run's keys
     # across slots; a lone `%` is never produced by quoting, so the mapping stays injective.
     return quote(value, safe="") or "%"
+
+
+def decode(encoded: str) -> str:
+    """The value `encode` turned into `encoded`."""
+    return "" if encoded == "%" else unquote(encoded)
 
 
 class Keys:
@@ -73,9 +78,7 @@ class Keys:
 
     @staticmethod
     def parse_expiring_member(member: str) -> tuple[str, str, str]:
-        run_id, workflow_id, resource_id = (
-            "" if part == "%" else unquote(part) for part in member.split(" ")
-        )
+        run_id, workflow_id, resource_id = (decode(part) for part in member.split(" "))
         return run_id, workflow_id, resource_id
 
     def indexes(self, workflow_id: str, resource_id: str) -> list[str]:

@@ -17,7 +17,6 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, cast
-from urllib.parse import unquote
 
 from redis import exceptions as redis_errors
 from redis.commands.core import AsyncScript
@@ -27,7 +26,7 @@ from ..errors import LeaseLost, RunNotFound, StoreConflict
 from ..model import Event, Snapshot, SnapshotImage, assemble
 from . import scripts
 from .base import CLAIM_GRACE, CreateOutcome, Lease, Renewal, StoredRun, WriteOutcome
-from .keys import encode
+from .keys import decode, encode
 from .redis_core import RedisCore, block_ms, reachable
 from .redis_queue import queue_entry
 from .resp import Arg
@@ -327,7 +326,7 @@ def _stored(reply: Sequence[Any], now: float) -> StoredRun:
     fields, steps, groups = reply
     snap, version, sequence, cancel, owner, lease_until, _layout, _ikeys = fields
     # A run of the first layout has no record hashes: its records are inside `snap`.
-    items = {_unencode(groups[g]): _pairs(groups[g + 1]) for g in range(0, len(groups), 2)}
+    items = {decode(groups[g]): _pairs(groups[g + 1]) for g in range(0, len(groups), 2)}
     return StoredRun(
         snapshot=assemble(snap, _pairs(steps), {k: _indexed(v) for k, v in items.items()}),
         version=int(version),
@@ -344,10 +343,6 @@ def _pairs(flat: Sequence[str]) -> dict[str, str]:
 
 def _indexed(records: dict[str, str]) -> dict[int, str]:
     return {int(index): record for index, record in records.items()}
-
-
-def _unencode(encoded: str) -> str:
-    return "" if encoded == "%" else unquote(encoded)
 
 
 def _raw_events(entries: Any) -> list[Event]:
