@@ -36,6 +36,7 @@ from stepline.server.model import (
     StepStatus,
 )
 from stepline.server.store import (
+    Hold,
     MemoryStore,
     RedisStore,
     RunFilter,
@@ -273,6 +274,51 @@ async def test_unheld_write_after_expiry_fences_out_the_old_holder(store: Store)
     with pytest.raises(LeaseLost):
         await store.write(snapshot(status=SUCCESS), fence=lease.fence)
     assert (await get(store)).snapshot.status is CANCELED
+
+
+async def test_a_claim_with_a_hold_takes_the_lease_in_the_same_write(store: Store) -> None:
+    run = await create(store)
+    await store.write(snapshot(status=SUSPENDED), expected_version=run.version)
+    suspended = await get(store)
+
+    outcome = await store.write(
+        snapshot(status=RUNNING),
+        events("claim"),
+        expected_version=suspended.version,
+        hold=Hold("worker-1", 30),
+    )
+
+    assert outcome.fence is not None
+    stored = await get(store)
+    assert (stored.snapshot.status, stored.leased) == (RUNNING, True)
+    assert await store.acquire("run-1", "worker-2", 30) is None  # held: nobody else takes it
+    # The holder writes with the fence it was given; an unheld write is refused meanwhile.
+    await store.write(snapshot(status=SUCCESS), events("done"), fence=outcome.fence, release=True)
+    with pytest.raises(StoreConflict):
+        await store.write(snapshot(), expected_version=suspended.version, hold=Hold("w-3", 30))
+    assert step_ids(await store.read_events("run-1", 0)) == ["claim", "done"]
+    assert (await get(store)).snapshot.status is SUCCESS
+
+
+async def test_a_hold_fences_out_an_expired_holder(store: Store) -> None:
+    run = await create(store)
+    old = await store.acquire("run-1", "worker-1", 0.05)
+    assert old is not None
+    await asyncio.sleep(0.1)
+
+    outcome = await store.write(
+        snapshot(status=RUNNING), expected_version=run.version, hold=Hold("worker-2", 30)
+    )
+
+    assert outcome.fence is not None and outcome.fence > old.fence
+    with pytest.raises(LeaseLost):
+        await store.write(snapshot(status=SUCCESS), fence=old.fence)
+
+
+async def test_only_an_unheld_write_takes_a_hold(store: Store) -> None:
+    fence = await held(store)
+    with pytest.raises(ValueError, match="unheld"):
+        await store.write(snapshot(), fence=fence, hold=Hold("worker-2", 30))
 
 
 async def test_write_needs_exactly_one_guard(store: Store) -> None:

@@ -28,18 +28,20 @@ from .errors import (
 )
 from .logs import log_canceled
 from .model import (
+    ChangeSet,
     Event,
     EventType,
     OutputOptions,
     PendingResume,
     RunStatus,
     Snapshot,
+    SnapshotImage,
     StepRecord,
     now,
 )
 from .reentry import rewind, travel_target
 from .resume_target import resume_target, split_path
-from .store import Lease, Page, RunFilter, Store, StoredRun
+from .store import Hold, Lease, Page, RunFilter, Store, StoredRun
 from .tailing import Tail
 from .workflows import Registry, Workflow
 
@@ -290,12 +292,47 @@ class RunService:
             type=EventType.WORKFLOW_START,
             data={"workflow_id": snap.workflow_id, "reason": "resume"},
         )
+        # The claim changes no step record: it writes the run's header only (unless the run
+        # is of the first layout, whose records must be rewritten apart).
+        changes = ChangeSet(full=not stored.records_apart)
         try:
-            await self.store.write(claimed, [start], expected_version=stored.version)
+            await self._claim(stored, claimed, start, changes)
         except StoreConflict:
             raise ResumeAlreadyClaimed(snap.run_id) from None
-        await self._dispatch(snap.run_id)
         return Resumed(snap.run_id, RunStatus.RUNNING, stored.last_sequence)
+
+    async def _claim(
+        self, stored: StoredRun, claimed: Snapshot, start: Event, changes: ChangeSet
+    ) -> None:
+        """Write a claim (compare-and-set on the stored version) and have the run executed:
+        by this replica when it has a free slot, the claim then taking the lease in the same
+        write; else through the queue. Raises StoreConflict when the claim lost."""
+        image = SnapshotImage.of(claimed, changes)
+        runner = self.runner
+        if runner is None or not runner.reserve():
+            await self.store.write(image, [start], expected_version=stored.version)
+            await self.store.enqueue(claimed.run_id)
+            return
+        try:
+            outcome = await self.store.write(
+                image,
+                [start],
+                expected_version=stored.version,
+                hold=Hold(runner.owner, runner.lease_ttl),
+            )
+        except BaseException:
+            runner.unreserve()
+            raise
+        assert outcome.fence is not None
+        # What the write stored, as a read would give it back (through its JSON); the
+        # records a partial claim left alone are the ones read.
+        if image.full:
+            held = image.load()
+        else:
+            held = Snapshot.model_validate_json(image.json)
+            held.steps, held.iterations = claimed.steps, claimed.iterations
+        run = StoredRun(held, outcome.version, outcome.last_sequence, False, leased=True)
+        runner.execute(Lease(run_id=claimed.run_id, fence=outcome.fence, run=run))
 
     async def _dispatch(self, run_id: str) -> None:
         """Have an unheld run executed: here, when a slot is free and the lease is taken,
@@ -474,10 +511,9 @@ class RunService:
             data={"workflow_id": snap.workflow_id, "reason": "time_travel"},
         )
         try:
-            await self.store.write(rewound, [start], expected_version=stored.version)
+            await self._claim(stored, rewound, start, ChangeSet())
         except StoreConflict:
             raise Conflict(snap.run_id) from None
-        await self._dispatch(snap.run_id)
         return Resumed(snap.run_id, RunStatus.RUNNING, stored.last_sequence)
 
 

@@ -62,13 +62,6 @@ class RunObserver(Protocol):
         ...
 
 
-# Transitions a pass may write behind: nothing outside the run depends on them being stored
-# before the next one (a crash only means the step runs again, which at-least-once allows).
-# Step results, suspensions and the end of a pass are always written before the pass goes on.
-_DEFERRABLE = frozenset({EventType.WORKFLOW_START, EventType.STEP_START, EventType.STEP_OUTPUT})
-# How long a deferrable transition may wait for the next write before it is sent on its own,
-# so that a long step's step-start still reaches watchers promptly.
-WRITE_BEHIND = 0.002
 # Watchdog entries one recovery round examines at most (a backlog is worked off in pages).
 RECOVER_LIMIT = 5000
 # Seconds between two rounds of expiry and queue clean-up, and the most runs one round
@@ -82,13 +75,20 @@ class StoreJournal:
 
     Each commit takes an image of the snapshot at once: its JSON without records, and the
     JSON of the records the commit's change set names (all of them on the pass's first
-    commit). Images waiting for one write are merged, later records over earlier ones. A step
-    result, a suspension or the end of the pass (release) is durable before `commit` returns,
-    together with everything committed before it, in one store write. A start transition (run
-    start, step start, step output) is written behind: it joins the next durable write, or
-    goes on its own after `write_behind` seconds. So a run of fast steps costs one store write
-    per step, and the order of transitions in the store is always the commit order. A failed
-    write (lost lease, store down) fails the next commit.
+    commit). Images waiting for one write are merged, later records over earlier ones, so
+    the order of transitions in the store is always the commit order.
+
+    The end of a pass (release, or a hand-over to a timer) is durable before `commit`
+    returns, together with everything committed before it, in one store write. Every other
+    transition is written behind the execution: a commit starts a write at the next turn of
+    the event loop unless one is in flight, and what is committed while a write is in flight
+    goes in the next one. So a transition reaches the log (and its watchers) about one round
+    trip after it happens, a pass whose steps finish faster than a round trip costs a few
+    writes rather than one per step, and a busy store gets fewer, larger writes. A crash
+    before a step's result is written means the step runs again, which at-least-once
+    allows; a fenced-out holder still cannot write. A write that fails behind the
+    execution (lost lease, store down) ends the pass through `on_write_behind_failure`, and
+    fails the next commit.
     """
 
     def __init__(
@@ -97,14 +97,12 @@ class StoreJournal:
         lease: Lease,
         *,
         observers: Sequence[PassObserver] = (),
-        write_behind: float = WRITE_BEHIND,
         on_write_behind_failure: Callable[[BaseException], None] | None = None,
     ) -> None:
         self._store = store
         self._run_id = lease.run_id
         self._fence = lease.fence
         self._observers = observers
-        self._write_behind = write_behind
         self._on_write_behind_failure = on_write_behind_failure
         # One write at a time, so a later image never lands before an earlier one.
         self._lock = asyncio.Lock()
@@ -113,7 +111,6 @@ class StoreJournal:
         self._events: list[Event] = []
         self._release = False
         self._wake_at: float | None = None
-        self._timer: asyncio.TimerHandle | None = None
         self._behind: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
         self._cancel_requested = lease.run.cancel_requested
@@ -143,23 +140,20 @@ class StoreJournal:
                 observer.committed(snapshot, events)
             except Exception:
                 log.exception("run observer %r failed", observer)
-        if release or wake_at is not None or any(e.type not in _DEFERRABLE for e in events):
+        if release or wake_at is not None:
             await self._flush()
-        elif self._timer is None:
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(self._write_behind, self._flush_behind)
+        elif self._behind is None or self._behind.done():
+            self._behind = asyncio.create_task(self._write_behind())
         return self._cancel_requested
 
-    def _flush_behind(self) -> None:
-        self._timer = None
-        self._behind = asyncio.create_task(self._flush_quietly())
-
-    async def _flush_quietly(self) -> None:
-        """A write behind the executor. If it fails, the next commit raises; but the pass
-        may not commit again for a long while (a step waiting for a webhook), so the owner
-        is told at once and ends the pass (the run is then re-driven from what is stored)."""
+    async def _write_behind(self) -> None:
+        """Write what is committed until nothing is left. If a write fails, the next commit
+        raises; but the pass may not commit again for a long while (a step waiting for a
+        webhook), so the owner is told at once and ends the pass (the run is then re-driven
+        from what is stored)."""
         try:
-            await self._flush()
+            while self._image is not None:
+                await self._flush()
         except Exception as err:
             if self._on_write_behind_failure is not None:
                 self._on_write_behind_failure(err)
@@ -177,9 +171,6 @@ class StoreJournal:
             if image is None:
                 return  # an earlier flush already wrote everything committed so far
             self._image, self._events, self._release, self._wake_at = None, [], False, None
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
             try:
                 outcome = await self._store.write(
                     image, events, fence=self._fence, release=release, wake_at=wake_at
@@ -193,9 +184,6 @@ class StoreJournal:
     def end(self, snapshot: Snapshot, error: BaseException | None) -> None:
         """The pass is over: drop what was not written (a pass that ends normally has
         written everything) and tell the observers."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         if self._behind is not None and not self._behind.done():
             self._behind.cancel()
         for observer in self._observers:

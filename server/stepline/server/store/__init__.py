@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from .base import (
     CreateOutcome,
+    Hold,
     Lease,
     Page,
     Renewal,
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CreateOutcome",
+    "Hold",
     "Lease",
     "MemoryStore",
     "Page",

@@ -39,6 +39,9 @@ class StoredRun:
     cancel_requested: bool
     # True while a live lease holds the run.
     leased: bool
+    # False for a run stored by the first layout, whose records are inside its snapshot
+    # JSON: a write to it must be a full one, or its records would be lost.
+    records_apart: bool = True
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,16 @@ class WriteOutcome:
     version: int
     last_sequence: int
     cancel_requested: bool
+    # The lease's fence when the write took it (`hold`); else None.
+    fence: int | None = None
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Who takes a run's lease with an unheld write, and for how long."""
+
+    owner: str
+    ttl: float
 
 
 @dataclass(frozen=True)
@@ -139,6 +152,7 @@ class Store(Protocol):
         expected_version: int | None = None,
         release: bool = False,
         wake_at: float | None = None,
+        hold: Hold | None = None,
     ) -> WriteOutcome:
         """Store `snapshot` and append `events`, as one atomic step. A Snapshot, or a full
         image, replaces every stored record; a partial image (`SnapshotImage.of` with a
@@ -150,6 +164,8 @@ class Store(Protocol):
         Exactly one guard applies: `fence` (holder write; `LeaseLost` if stale) or
         `expected_version` (unheld compare-and-set; `StoreConflict` if the version moved or a
         live lease holds the run). `release=True` also ends the holder's lease.
+        `hold` (only with `expected_version`) takes the lease in the same step, as `acquire`
+        would, and the outcome carries its fence: a claim that its replica executes at once.
         Raises `RunNotFound` if the run was deleted."""
         ...
 

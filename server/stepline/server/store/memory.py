@@ -23,6 +23,7 @@ from ..model import Event, RunStatus, Snapshot, SnapshotImage, assemble
 from .base import (
     CLAIM_GRACE,
     CreateOutcome,
+    Hold,
     Lease,
     Page,
     Renewal,
@@ -181,10 +182,13 @@ class MemoryStore:
         expected_version: int | None = None,
         release: bool = False,
         wake_at: float | None = None,
+        hold: Hold | None = None,
     ) -> WriteOutcome:
         """Store the snapshot and append the events under exactly one guard (see `Store`)."""
         if (fence is None) == (expected_version is None):
             raise ValueError("write needs exactly one guard: fence or expected_version")
+        if hold is not None and expected_version is None:
+            raise ValueError("only an unheld write (expected_version) can take the lease")
         # Before any check, so that a value JSON cannot hold fails with nothing changed.
         image = SnapshotImage.of(snapshot)
         stored_events = [_through_json(event) for event in events]
@@ -217,17 +221,27 @@ class MemoryStore:
         run.version += 1
         if release:
             run.end_lease()
+        taken: int | None = None
+        if hold is not None:
+            run.fence += 1
+            run.lease_owner, run.lease_until = hold.owner, time.time() + hold.ttl
+            taken = run.fence
         if image.status.settled:
             # A cancel request targets the execution in progress; once settled it is moot.
             run.cancel = False
         if wake_at is not None:
             self._timers[image.run_id] = wake_at
-        if not image.status.settled and (expected_version is not None or release):
+        if hold is not None:
+            self._watchdog[image.run_id] = run.lease_until
+        elif not image.status.settled and (expected_version is not None or release):
             self._watchdog[image.run_id] = (wake_at or time.time()) + CLAIM_GRACE
         elif image.status.settled:
             self._watchdog.pop(image.run_id, None)
         outcome = WriteOutcome(
-            version=run.version, last_sequence=run.last_sequence, cancel_requested=cancel_requested
+            version=run.version,
+            last_sequence=run.last_sequence,
+            cancel_requested=cancel_requested,
+            fence=taken,
         )
         if events:
             async with self._appended:

@@ -25,7 +25,7 @@ from redis.typing import KeyT, StreamIdT
 from ..errors import LeaseLost, RunNotFound, StoreConflict
 from ..model import Event, Snapshot, SnapshotImage, assemble
 from . import scripts
-from .base import CLAIM_GRACE, CreateOutcome, Lease, Renewal, StoredRun, WriteOutcome
+from .base import CLAIM_GRACE, CreateOutcome, Hold, Lease, Renewal, StoredRun, WriteOutcome
 from .keys import decode, encode
 from .redis_core import RedisCore, block_ms, reachable
 from .redis_queue import queue_entry
@@ -107,6 +107,7 @@ class RunOperations(RedisCore):
         expected_version: int | None = None,
         release: bool = False,
         wake_at: float | None = None,
+        hold: Hold | None = None,
     ) -> WriteOutcome:
         """Store the snapshot and append the events in one script (see `Store.write`).
 
@@ -120,7 +121,10 @@ class RunOperations(RedisCore):
             guard = ["version", str(expected_version)]
         else:
             raise ValueError("write needs exactly one guard: fence or expected_version")
+        if hold is not None and expected_version is None:
+            raise ValueError("only an unheld write (expected_version) can take the lease")
         image = SnapshotImage.of(snapshot)
+        held_until = time.time() + hold.ttl if hold is not None else 0.0
         run_id = image.run_id
         settled = image.status.settled
         finished = image.status.finished
@@ -137,6 +141,8 @@ class RunOperations(RedisCore):
             self._retention_ms,
             self._max_events,
             "1" if finished else "0",
+            hold.owner if hold is not None else "",
+            repr(held_until),
             str(len(events)),
             # The sequence lives in the entry id, so it is left out of the entry.
             *(
@@ -149,7 +155,9 @@ class RunOperations(RedisCore):
         commands: list[list[Arg]] = []
         if wake_at is not None:
             commands.append(["ZADD", self._keys.timers, wake_at, run_id])
-        if not settled and (expected_version is not None or release):
+        if hold is not None:
+            commands.append(["ZADD", self._keys.watchdog, held_until, run_id])
+        elif not settled and (expected_version is not None or release):
             # Nothing will hold the run after this write: watch it until something does.
             deadline = (wake_at or time.time()) + CLAIM_GRACE
             commands.append(["ZADD", self._keys.watchdog, deadline, run_id])
@@ -171,6 +179,7 @@ class RunOperations(RedisCore):
                     version=int(reply[1]),
                     last_sequence=int(reply[2]),
                     cancel_requested=reply[3] == "1",
+                    fence=int(reply[4]) or None,
                 )
             case "missing":
                 raise RunNotFound(run_id)
@@ -324,7 +333,7 @@ class RunOperations(RedisCore):
 def _stored(reply: Sequence[Any], now: float) -> StoredRun:
     """A run from a `read_run` reply: its fields, step records and iteration records."""
     fields, steps, groups = reply
-    snap, version, sequence, cancel, owner, lease_until, _layout, _ikeys = fields
+    snap, version, sequence, cancel, owner, lease_until, layout, _ikeys = fields
     # A run of the first layout has no record hashes: its records are inside `snap`.
     items = {decode(groups[g]): _pairs(groups[g + 1]) for g in range(0, len(groups), 2)}
     return StoredRun(
@@ -333,6 +342,7 @@ def _stored(reply: Sequence[Any], now: float) -> StoredRun:
         last_sequence=int(sequence),
         cancel_requested=cancel == "1",
         leased=bool(owner) and float(lease_until) >= now,
+        records_apart=layout == scripts.LAYOUT,
     )
 
 

@@ -143,9 +143,12 @@ return read_run(KEYS[1], KEYS[2])
 # ARGV: guard kind ('fence' | 'version'), guard value, now, release ('1' | '0'),
 #       settled ('1' | '0'), snap, status, updated_at, request_id,
 #       retention ms of a finished run ('0': kept), events kept per run ('0': all),
-#       finished ('1' | '0'), event count e, e event JSONs, then the records (see
-#       `store_records`): those the write changed, or all of them (full).
+#       finished ('1' | '0'), hold owner ('' for none), hold lease_until, event count e,
+#       e event JSONs, then the records (see `store_records`): those the write changed, or
+#       all of them (full).
 # A finished run's keys expire together after the retention; any other write keeps them.
+# An unheld write with a hold owner takes the lease as ACQUIRE does (the fence goes up).
+# Returns {'ok', version, sequence, cancel flag, fence taken or 0} or {reason}.
 WRITE = (
     _PRELUDE
     + f"local EVENT_FIELD = '{EVENT_FIELD}'"
@@ -162,12 +165,12 @@ elseif run[3] ~= ARGV[2] or run[4] == '' then
   return {'stale_fence'}
 end
 local seq = tonumber(run[2])
-local count = tonumber(ARGV[13])
-for i = 14, 13 + count do
+local count = tonumber(ARGV[15])
+for i = 16, 15 + count do
   seq = seq + 1
   redis.call('XADD', KEYS[2], '0-' .. seq, EVENT_FIELD, ARGV[i])
 end
-store_records(KEYS[1], KEYS[3], 14 + count, 4)
+store_records(KEYS[1], KEYS[3], 16 + count, 4)
 local keep = tonumber(ARGV[11])
 if keep > 0 and seq > keep then
   redis.call('XTRIM', KEYS[2], 'MINID', '0-' .. (seq - keep + 1))
@@ -197,9 +200,14 @@ redis.call('HSET', KEYS[1], 'snap', ARGV[6], 'status', ARGV[7], 'updated_at', AR
 if unheld or ARGV[4] == '1' then
   redis.call('HSET', KEYS[1], 'lease_owner', '', 'lease_until', 0)
 end
+local fence = 0
+if unheld and ARGV[13] ~= '' then
+  fence = redis.call('HINCRBY', KEYS[1], 'fence', 1)
+  redis.call('HSET', KEYS[1], 'lease_owner', ARGV[13], 'lease_until', ARGV[14])
+end
 -- A cancel request targets the execution in progress; once the run settles it is moot.
 if ARGV[5] == '1' then redis.call('HSET', KEYS[1], 'cancel', 0) end
-return {'ok', ver, seq, run[6]}
+return {'ok', ver, seq, run[6], fence}
 """
 )
 
