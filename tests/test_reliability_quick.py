@@ -35,7 +35,7 @@ from stepline.server.errors import StoreUnavailable
 from stepline.server.model import Event, Snapshot, SnapshotImage
 from stepline.server.model import EventType as ServerEventType
 from stepline.server.runs import RunService, StartParams
-from stepline.server.store import RedisStore, WriteOutcome
+from stepline.server.store import Hold, RedisStore, WriteOutcome
 from stepline.server.store.keys import Keys
 from stepline.server.worker import Worker
 from stepline.server.workflows import Registry
@@ -305,6 +305,7 @@ class _BlipOnHold(RedisStore):
         expected_version: int | None = None,
         release: bool = False,
         wake_at: float | None = None,
+        hold: Hold | None = None,
     ) -> WriteOutcome:
         if not self.blipped and any(
             e.type is ServerEventType.STEP_START and e.data.get("step_id") == "hold" for e in events
@@ -318,6 +319,7 @@ class _BlipOnHold(RedisStore):
             expected_version=expected_version,
             release=release,
             wake_at=wake_at,
+            hold=hold,
         )
 
 
