@@ -458,7 +458,10 @@ class Worker:
         task = asyncio.current_task()
 
         def abandon(err: BaseException) -> None:
-            log.warning("a write of run %s failed (%s); handing it back", lease.run_id, err)
+            if isinstance(err, LeaseLost):
+                log.warning("lost the lease on run %s; another replica continues it", lease.run_id)
+            else:
+                log.warning("a write of run %s failed (%s); handing it back", lease.run_id, err)
             if task is not None:
                 task.cancel()  # the pass ends as at shutdown: the run is handed back
 
