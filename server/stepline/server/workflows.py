@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeAlias, TypeVar
@@ -174,7 +174,8 @@ class ConditionContext:
     state: dict[str, Any]
     request_context: dict[str, Any]
     init_data: Any
-    step_results: dict[str, Any]
+    # Outputs of the steps that succeeded so far, by step id (read-only).
+    step_results: Mapping[str, Any]
     iteration_count: int = 0
 
     def get_step_result(self, step: Step[Any, Any] | str) -> Any:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ..model import StepStatus
+from ..model import StepRecord, StepStatus
 from ..workflows import Condition, ConditionContext
 
 if TYPE_CHECKING:
@@ -22,11 +23,30 @@ def condition_context(ex: Execution, value: Any, iteration: int = 0) -> Conditio
         state=dict(ex.snap.state),
         request_context=ex.request_context,
         init_data=ex.snap.input,
-        step_results={
-            k: r.output for k, r in ex.snap.steps.items() if r.status is StepStatus.SUCCESS
-        },
+        step_results=SuccessfulOutputs(ex.snap.steps),
         iteration_count=iteration,
     )
+
+
+class SuccessfulOutputs(Mapping[str, Any]):
+    """The outputs of the run's successful steps by step id: a read-only view of the step
+    records, so a condition costs what it reads, not a copy of every record (a loop that
+    checks its condition after each of 10,000 iterations stays linear)."""
+
+    def __init__(self, records: Mapping[str, StepRecord]) -> None:
+        self._records = records
+
+    def __getitem__(self, step_id: str) -> Any:
+        rec = self._records[step_id]
+        if rec.status is not StepStatus.SUCCESS:
+            raise KeyError(step_id)
+        return rec.output
+
+    def __iter__(self) -> Iterator[str]:
+        return (k for k, r in self._records.items() if r.status is StepStatus.SUCCESS)
+
+    def __len__(self) -> int:
+        return sum(1 for r in self._records.values() if r.status is StepStatus.SUCCESS)
 
 
 async def evaluate(cond: Condition, ctx: ConditionContext) -> bool:
