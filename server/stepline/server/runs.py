@@ -26,10 +26,10 @@ from .errors import (
     StoreConflict,
     WorkflowNotFound,
 )
+from .events import WorkflowCanceled, WorkflowStart
 from .logs import log_canceled
 from .model import (
     Event,
-    EventType,
     OutputOptions,
     PendingResume,
     RunStatus,
@@ -286,10 +286,7 @@ class RunService:
         if params.request_context:
             claimed.request_context = {**snap.request_context, **params.request_context}
         claimed.updated_at = now()
-        start = Event(
-            type=EventType.WORKFLOW_START,
-            data={"workflow_id": snap.workflow_id, "reason": "resume"},
-        )
+        start = Event(data=WorkflowStart(workflow_id=snap.workflow_id, reason="resume"))
         try:
             await self.store.write(claimed, [start], expected_version=stored.version)
         except StoreConflict:
@@ -333,8 +330,8 @@ class RunService:
             snap.updated_at = now()
             events = [
                 *close_open_steps(snap, self.registry.get(snap.workflow_id)),
-                Event(type=EventType.WORKFLOW_CANCELED),
-                Event(type=EventType.WORKFLOW_FINISH, data=snap.finish_data()),
+                Event(data=WorkflowCanceled()),
+                Event(data=snap.finish_data()),
             ]
             try:
                 await self.store.write(snap, events, expected_version=stored.version)
@@ -469,10 +466,7 @@ class RunService:
         rewound.pass_announced = True
         rewound.resumed_since_suspend = False
         rewound.updated_at = now()
-        start = Event(
-            type=EventType.WORKFLOW_START,
-            data={"workflow_id": snap.workflow_id, "reason": "time_travel"},
-        )
+        start = Event(data=WorkflowStart(workflow_id=snap.workflow_id, reason="time_travel"))
         try:
             await self.store.write(rewound, [start], expected_version=stored.version)
         except StoreConflict:
