@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from stepline.server.model import Event
+from stepline.server.events import Event, EventData, StepData
 from stepline.server.runs import ResumeParams, RunService, StartParams
 from stepline.server.store import Store, StoredRun
 from stepline.server.worker import Worker
@@ -38,6 +38,15 @@ def registry() -> Registry:
 
 def kinds(events: list[Event]) -> list[str]:
     return [
-        f"{e.type.value}:{e.data['step_id']}" if "step_id" in e.data else e.type.value
+        f"{e.type.value}:{e.data.step_id}" if isinstance(e.data, StepData) else e.type.value
         for e in events
     ]
+
+
+Payload = TypeVar("Payload", bound=EventData)
+
+
+def data_of(event: Event, kind: type[Payload]) -> Payload:
+    """The event's payload, which must be a `kind`."""
+    assert isinstance(event.data, kind), event
+    return event.data

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import grpc
+import msgspec
 import pytest
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
@@ -40,10 +41,9 @@ from stepline.server.errors import (
     Unimplemented,
     WorkflowNotFound,
 )
+from stepline.server.events import PAYLOADS, Event, EventType, StepResult, WorkflowStart
 from stepline.server.model import (
     ErrorData,
-    Event,
-    EventType,
     PendingResume,
     ResumeLabel,
     RunStatus,
@@ -545,7 +545,8 @@ EVENTS: list[tuple[EventType, dict[str, Any], dict[str, Any]]] = [
 def test_events_convert_to_their_oneof_and_back(
     event_type: EventType, data: dict[str, Any], expected: dict[str, Any]
 ) -> None:
-    event = Event(type=event_type, data=data, sequence=4, timestamp=T0)
+    # As a store reads it: the payload decoded from its JSON by the event's type.
+    event = Event(data=msgspec.convert(data, PAYLOADS[event_type]), sequence=4, timestamp=T0)
     message = convert.run_event("r1", event)
     assert message.WhichOneof("payload") == event_type.value.replace("-", "_")
     decoded = models.RunEvent._from_proto(message)
@@ -560,7 +561,7 @@ def test_events_convert_to_their_oneof_and_back(
 
 
 def test_optional_event_fields_stay_unset() -> None:
-    event = Event(type=EventType.STEP_RESULT, data={"step_id": "a", "status": "success"})
+    event = Event(data=StepResult(step_id="a", status=StepStatus.SUCCESS))
     message = convert.run_event("r1", event)
     assert not message.step_result.HasField("output")
     assert not message.step_result.HasField("error")
@@ -572,9 +573,9 @@ def test_optional_event_fields_stay_unset() -> None:
 
 def test_start_reason_enum() -> None:
     for reason, number in convert.START_REASON_TO_PROTO.items():
-        event = Event(type=EventType.WORKFLOW_START, data={"workflow_id": "w", "reason": reason})
+        event = Event(data=WorkflowStart(workflow_id="w", reason=reason))
         assert convert.run_event("r", event).workflow_start.reason == number
-    unknown = Event(type=EventType.WORKFLOW_START, data={"workflow_id": "w"})
+    unknown = Event(data=WorkflowStart(workflow_id="w"))
     assert convert.run_event("r", unknown).workflow_start.reason == (
         event_pb2.START_REASON_UNSPECIFIED
     )

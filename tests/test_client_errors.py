@@ -39,8 +39,9 @@ from stepline.client import (
 from stepline.client import client as client_module
 from stepline.server import errors as engine
 from stepline.server.api import add_services
-from stepline.server.model import Event, EventType, Snapshot
+from stepline.server.events import Event, EventType, StepOutput, WorkflowFinish
 from stepline.server.model import RunStatus as EngineStatus
+from stepline.server.model import Snapshot
 from stepline.server.runs import (
     Canceled,
     RestartParams,
@@ -179,10 +180,11 @@ async def client(target: str) -> AsyncIterator[Client]:
 
 
 def _event(sequence: int, event_type: EventType = EventType.STEP_OUTPUT) -> Event:
-    data: dict[str, Any] = {"step_id": "a", "output": sequence}
     if event_type is EventType.WORKFLOW_FINISH:
-        data = {"status": "success", "result": sequence}
-    return Event(type=event_type, data=data, sequence=sequence)
+        return Event(
+            data=WorkflowFinish(status=EngineStatus.SUCCESS, result=sequence), sequence=sequence
+        )
+    return Event(data=StepOutput(step_id="a", output=sequence), sequence=sequence)
 
 
 # -- each engine error arrives as its typed client error -----------------------------------------

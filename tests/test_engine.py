@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,13 +17,21 @@ from stepline.server.errors import (
     RunNotFound,
     WorkflowNotFound,
 )
+from stepline.server.events import (
+    Event,
+    EventType,
+    StepOutput,
+    WorkflowFinish,
+    WorkflowStart,
+    encode_event,
+)
 from stepline.server.execution import Execution
-from stepline.server.model import Event, EventType, RunStatus, Snapshot, SnapshotImage, StepStatus
+from stepline.server.model import RunStatus, Snapshot, SnapshotImage, StepStatus
 from stepline.server.runs import ResumeParams, RunService, StartParams
 from stepline.server.store import MemoryStore, Store, WriteOutcome
 from stepline.server.worker import Worker
 from tests import flows
-from tests.engine_harness import Engine, kinds, registry
+from tests.engine_harness import Engine, data_of, kinds, registry
 
 
 # -- data flow -------------------------------------------------------------------------------
@@ -119,9 +126,11 @@ async def test_error_serialization_has_cause_and_no_stack(engine: Engine) -> Non
     error = snap.error
     assert error is not None
     assert (error.message, error.name) == ("could not price order", "DetailedError")
+    assert isinstance(error.details, dict)
     assert error.details["details"] == {"order": 7}
-    assert error.details["cause"]["name"] == "KeyError"
-    stored = json.dumps([e.data for e in await engine.events(snap.run_id)])
+    cause = error.details["cause"]
+    assert isinstance(cause, dict) and cause["name"] == "KeyError"
+    stored = str([encode_event(e) for e in await engine.events(snap.run_id)])
     assert "Traceback" not in stored and 'File "' not in stored
     assert snap.steps["raises_chained"].error == error
 
@@ -233,7 +242,7 @@ async def test_resume_data_failing_its_schema_keeps_the_run_suspended(engine: En
     assert still.last_sequence == run.last_sequence
     done = await engine.resume(run_id, resume_data={"approved": False, "note": "later"})
     assert done.snapshot.status is RunStatus.SUCCESS
-    assert done.snapshot.result["note"] == "later"
+    assert isinstance(done.snapshot.result, dict) and done.snapshot.result["note"] == "later"
 
 
 async def test_two_parallel_suspended_steps_resumed_one_at_a_time(engine: Engine) -> None:
@@ -324,7 +333,7 @@ async def test_write_emits_custom_output_events(engine: Engine) -> None:
     run = await engine.run("stoppable", {})
     events = await engine.events(run.snapshot.run_id)
     outputs = [e for e in events if e.type is EventType.STEP_OUTPUT]
-    assert [(e.data["step_id"], e.data["output"]) for e in outputs] == [
+    assert [(data_of(e, StepOutput).step_id, data_of(e, StepOutput).output) for e in outputs] == [
         ("maybe_stop", {"progress": "checking"})
     ]
     assert kinds(events)[:4] == [
@@ -407,7 +416,7 @@ async def test_watch_replays_a_finished_run_including_finish(engine: Engine) -> 
     run = await engine.run("sequence", {"value": 1})
     events = await collect(engine, run.snapshot.run_id)
     assert [e.sequence for e in events] == list(range(1, run.last_sequence + 1))
-    assert events[-1].is_finish and events[-1].data["status"] == "success"
+    assert events[-1].is_finish and data_of(events[-1], WorkflowFinish).status == "success"
     middle = await collect(engine, run.snapshot.run_id, after_sequence=3)
     assert [e.sequence for e in middle] == list(range(4, run.last_sequence + 1))
 
@@ -416,7 +425,7 @@ async def test_watch_tails_a_live_run_across_suspend_and_resume(engine: Engine) 
     run = await engine.run("approval", {})
     run_id = run.snapshot.run_id
     until_suspend = await collect(engine, run_id)
-    assert until_suspend[-1].data["status"] == "suspended"
+    assert data_of(until_suspend[-1], WorkflowFinish).status == "suspended"
 
     async def follow() -> list[Event]:
         # A suspended run is settled: following it into its resume takes keep_open.
@@ -429,8 +438,11 @@ async def test_watch_tails_a_live_run_across_suspend_and_resume(engine: Engine) 
     await engine.service.resume(ResumeParams(run_id, resume_data={"approved": True}))
     tail = await task
     assert tail[0].sequence == run.last_sequence + 1
-    assert tail[0].type is EventType.WORKFLOW_START and tail[0].data["reason"] == "resume"
-    assert tail[-1].data["status"] == "success"
+    assert (
+        tail[0].type is EventType.WORKFLOW_START
+        and data_of(tail[0], WorkflowStart).reason == "resume"
+    )
+    assert data_of(tail[-1], WorkflowFinish).status == "success"
 
 
 async def test_watchers_of_one_run_share_the_blocking_reads(engine: Engine) -> None:
@@ -456,7 +468,10 @@ async def test_watchers_of_one_run_share_the_blocking_reads(engine: Engine) -> N
     tails = await asyncio.gather(*watchers)
 
     first = [e.sequence for e in tails[0]]
-    assert first[0] == run.last_sequence + 1 and tails[0][-1].data["status"] == "success"
+    assert (
+        first[0] == run.last_sequence + 1
+        and data_of(tails[0][-1], WorkflowFinish).status == "success"
+    )
     assert all([e.sequence for e in tail] == first for tail in tails)
     # One read per cursor the watchers pass through, not one per watcher.
     assert reads <= 3 * len(first)
@@ -475,7 +490,7 @@ async def test_an_engine_error_fails_the_run_instead_of_recovering_it_for_ever(
     assert "bug" not in run.snapshot.error.message  # internals stay in the server log
     assert not run.leased
     events = await engine.events(run.snapshot.run_id)
-    assert events[-1].is_finish and events[-1].data["status"] == "failed"
+    assert events[-1].is_finish and data_of(events[-1], WorkflowFinish).status == "failed"
 
 
 class _Imaging(MemoryStore):

@@ -12,9 +12,9 @@ import grpc
 import pytest
 
 from stepline.client import Client, EventType, InvalidArgument, RunEvent, RunStatus
-from stepline.server.model import Event, Snapshot, StepRecord, StepStatus, now
-from stepline.server.model import EventType as EngineEventType
+from stepline.server.events import Event, StepStart, WorkflowStart
 from stepline.server.model import RunStatus as EngineStatus
+from stepline.server.model import Snapshot, StepRecord, StepStatus, now
 from stepline.server.store import Store
 
 # Imported fixtures are registered under their `name=`s: server, client.
@@ -150,11 +150,8 @@ async def orphan(store: Store, workflow_id: str, data: Any, **fields: Any) -> st
     snap.active_steps[first] = [0]
     snap.step_execution_path = [first]
     events = [
-        Event(
-            type=EngineEventType.WORKFLOW_START,
-            data={"workflow_id": workflow_id, "reason": "start"},
-        ),
-        Event(type=EngineEventType.STEP_START, data={"step_id": first, "payload": data}),
+        Event(data=WorkflowStart(workflow_id=workflow_id, reason="start")),
+        Event(data=StepStart(step_id=first, payload=data)),
     ]
     await store.write(snap, events, fence=created.lease.fence)
     await store.release(run_id, created.lease.fence)

@@ -8,11 +8,12 @@ import time
 import pytest
 
 from stepline.server.errors import FailedPrecondition, InvalidArgument
-from stepline.server.model import EventType, RunStatus, StepRecord, StepStatus
+from stepline.server.events import EventType, StepProgress, StepStart, WorkflowStart
+from stepline.server.model import RunStatus, StepRecord, StepStatus
 from stepline.server.runs import ResumeParams, StartParams, TimeTravelParams
 from stepline.server.store import StoredRun
 from tests import flows
-from tests.engine_harness import Engine, kinds
+from tests.engine_harness import Engine, data_of, kinds
 
 
 async def travel(engine: Engine, params: TimeTravelParams) -> StoredRun:
@@ -33,7 +34,8 @@ async def test_dountil_feeds_each_iteration_its_own_output(engine: Engine) -> No
     assert flows.SEEN["conditions"] == [1, 2, 3]
     assert snap.steps["increment"].metadata == {"iteration_count": 3}
     starts = [e for e in await engine.events(snap.run_id) if e.type is EventType.STEP_START]
-    assert [e.data["metadata"]["iteration_count"] for e in starts] == [1, 2, 3]
+    metadata = [data_of(e, StepStart).metadata for e in starts]
+    assert metadata == [{"iteration_count": 1}, {"iteration_count": 2}, {"iteration_count": 3}]
 
 
 async def test_dowhile_runs_at_least_once(engine: Engine) -> None:
@@ -75,11 +77,11 @@ async def test_foreach_keeps_order_and_never_exceeds_concurrency(engine: Engine)
     assert snap.result == [{"value": v * 10} for v in [5, 1, 4, 2, 3, 6]]
     assert flows.PEAK[snap.run_id] == 2
     progress = [
-        e.data for e in await engine.events(snap.run_id) if e.type is EventType.STEP_PROGRESS
+        e.data for e in await engine.events(snap.run_id) if isinstance(e.data, StepProgress)
     ]
-    assert [p["completed_count"] for p in progress] == [1, 2, 3, 4, 5, 6]
-    assert {p["current_index"] for p in progress} == set(range(6))
-    assert all(p["total_count"] == 6 and p["iteration_status"] == "success" for p in progress)
+    assert [p.completed_count for p in progress] == [1, 2, 3, 4, 5, 6]
+    assert {p.current_index for p in progress} == set(range(6))
+    assert all(p.total_count == 6 and p.iteration_status == "success" for p in progress)
 
 
 async def test_map_is_a_recorded_step_with_a_deterministic_id(engine: Engine) -> None:
@@ -257,7 +259,7 @@ async def test_time_travel_reexecutes_from_a_step_with_new_input(engine: Engine)
     assert snap.steps["add_one"].output == {"value": 2}  # kept from the first pass
     events = await engine.events(run_id)
     assert [e.sequence for e in events] == list(range(1, len(events) + 1))
-    assert events[run.last_sequence].data["reason"] == "time_travel"
+    assert data_of(events[run.last_sequence], WorkflowStart).reason == "time_travel"
     assert kinds(events[run.last_sequence :]) == [
         "workflow-start",
         "step-start:double",

@@ -497,11 +497,13 @@ def test_serialize_error_survives_hostile_exceptions() -> None:
     }  # the cycle back to the first error is not followed
     deep = Chained(0)
     deep.details = _deep(100)
-    flattened = serialize_error(deep).details["details"]
+    flat = serialize_error(deep).details
+    flattened = flat["details"] if isinstance(flat, dict) else None
     assert isinstance(flattened, str) and flattened.startswith("{'down'")
     odd = ValueError("odd")
     odd.details = {"thing": object(), "loop": _circular()}  # type: ignore[attr-defined]
-    assert isinstance(serialize_error(odd).details["details"], str)
+    odd_details = serialize_error(odd).details
+    assert isinstance(odd_details, dict) and isinstance(odd_details["details"], str)
     assert serialize_error(Unprintable()).message == "<Unprintable whose str() failed>"
     assert len(serialize_error(RuntimeError("y" * 50_000)).message) == 10_000
 
@@ -573,7 +575,9 @@ async def test_a_bad_request_context_is_undone_even_when_the_step_fails(engine: 
 async def test_write_refuses_what_is_not_json(engine: Engine) -> None:
     run = await engine.run("smuggling", {"kind": "write"})
     assert run.snapshot.status is RunStatus.SUCCESS
-    assert "ctx.write() needs plain JSON" in run.snapshot.result["write_refused"]
+    result = run.snapshot.result
+    assert isinstance(result, dict) and isinstance(result["write_refused"], str)
+    assert "ctx.write() needs plain JSON" in result["write_refused"]
     events = await engine.events(run.snapshot.run_id)
     assert not [e for e in events if e.type is EventType.STEP_OUTPUT]
 

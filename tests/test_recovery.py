@@ -12,7 +12,8 @@ from stepline.client import EventType as ClientEventType
 from stepline.client import RunStatus as ClientStatus
 from stepline.server.app import Server
 from stepline.server.errors import FailedPrecondition, ShuttingDown
-from stepline.server.model import Event, EventType, RunStatus, StepRecord, StepStatus, now
+from stepline.server.events import Event, StepStart, WorkflowStart
+from stepline.server.model import RunStatus, StepRecord, StepStatus, now
 from stepline.server.runs import RestartParams, RunService, StartParams
 from stepline.server.settings import Settings
 from stepline.server.store import Store
@@ -33,8 +34,8 @@ async def orphan(store: Store, service: RunService, workflow_id: str, value: int
     )
     snap.active_steps["add_one"] = [0]
     events = [
-        Event(type=EventType.WORKFLOW_START, data={"workflow_id": workflow_id, "reason": "start"}),
-        Event(type=EventType.STEP_START, data={"step_id": "add_one", "payload": {"value": value}}),
+        Event(data=WorkflowStart(workflow_id=workflow_id, reason="start")),
+        Event(data=StepStart(step_id="add_one", payload={"value": value})),
     ]
     await store.write(snap, events, fence=lease.fence)
     return started.run_id
@@ -53,7 +54,7 @@ async def test_an_orphaned_run_is_recovered_after_its_lease_expires(store: Store
     assert snap.status is RunStatus.SUCCESS and snap.result == {"value": 4}
     events = await store.read_events(run_id, 0)
     assert [e.sequence for e in events] == list(range(1, len(events) + 1))
-    assert [e.data["reason"] for e in events if e.type is EventType.WORKFLOW_START] == [
+    assert [e.data.reason for e in events if isinstance(e.data, WorkflowStart)] == [
         "start",
         "restart",
     ]
@@ -138,8 +139,8 @@ async def test_restart_of_a_run_this_replica_recovered_answers_that_pass(store: 
         status=StepStatus.RUNNING, payload={"seconds": 1.5}, started_at=now()
     )
     snap.active_steps["wait_for_cancel"] = [0]
-    start = Event(type=EventType.WORKFLOW_START, data={"workflow_id": "cancellable"})
-    step = Event(type=EventType.STEP_START, data={"step_id": "wait_for_cancel"})
+    start = Event(data=WorkflowStart(workflow_id="cancellable"))
+    step = Event(data=StepStart(step_id="wait_for_cancel"))
     await store.write(snap, [start, step], fence=lease.fence)
 
     settings = Settings(host="127.0.0.1", port=0, workflows=["tests.flows"], lease_ttl=1.0)

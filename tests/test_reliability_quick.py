@@ -32,8 +32,8 @@ from reliability.traffic import Pool, Traffic, specs
 from reliability.verify import Verdict, verify
 from stepline.client import Client, EventType, RunStatus, SteplineError
 from stepline.server.errors import StoreUnavailable
-from stepline.server.model import Event, Snapshot, SnapshotImage
-from stepline.server.model import EventType as ServerEventType
+from stepline.server.events import Event, StepStart
+from stepline.server.model import Snapshot, SnapshotImage
 from stepline.server.runs import RunService, StartParams
 from stepline.server.store import Hold, RedisStore, WriteOutcome
 from stepline.server.store.keys import Keys
@@ -308,7 +308,7 @@ class _BlipOnHold(RedisStore):
         hold: Hold | None = None,
     ) -> WriteOutcome:
         if not self.blipped and any(
-            e.type is ServerEventType.STEP_START and e.data.get("step_id") == "hold" for e in events
+            isinstance(e.data, StepStart) and e.data.step_id == "hold" for e in events
         ):
             self.blipped = True
             raise StoreUnavailable("injected: the connection dropped")
@@ -342,7 +342,7 @@ async def test_a_failed_write_behind_reaches_the_log_while_the_step_runs(
         deadline = time.monotonic() + 5  # the store answers again at once; the lease is held
         while time.monotonic() < deadline and "hold" not in seen:
             events = await store.read_events(started.run_id, 0)
-            seen = [str(e.data.get("step_id")) for e in events if e.type.value == "step-start"]
+            seen = [e.data.step_id for e in events if isinstance(e.data, StepStart)]
             await asyncio.sleep(0.1)
         assert store.blipped
         assert "hold" in seen, f"step-starts in the log after 5 s: {seen} (the step is running)"

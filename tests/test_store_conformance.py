@@ -24,10 +24,10 @@ from stepline.server.errors import (
     StoreConflict,
     StoreUnavailable,
 )
+from stepline.server.events import Event, StepOutput, StepStart
+from stepline.server.jsonvalue import JSON
 from stepline.server.model import (
     ChangeSet,
-    Event,
-    EventType,
     IterationRecord,
     RunStatus,
     Snapshot,
@@ -45,6 +45,7 @@ from stepline.server.store import (
     WriteOutcome,
 )
 from stepline.server.store.keys import Keys, encode
+from tests.engine_harness import data_of
 
 PENDING, RUNNING, WAITING = RunStatus.PENDING, RunStatus.RUNNING, RunStatus.WAITING
 SUSPENDED, SUCCESS = RunStatus.SUSPENDED, RunStatus.SUCCESS
@@ -78,11 +79,11 @@ def snapshot(
 
 
 def events(*step_ids: str) -> list[Event]:
-    return [Event(type=EventType.STEP_START, data={"step_id": step_id}) for step_id in step_ids]
+    return [Event(data=StepStart(step_id=step_id)) for step_id in step_ids]
 
 
 def step_ids(found: Sequence[Event]) -> list[str]:
-    return [event.data["step_id"] for event in found]
+    return [data_of(event, StepStart).step_id for event in found]
 
 
 async def create(store: Store, run_id: str = "run-1", **fields: Any) -> StoredRun:
@@ -168,31 +169,39 @@ async def test_get_of_a_missing_run_is_none(store: Store) -> None:
 
 
 async def test_stored_state_is_a_copy(store: Store) -> None:
-    snap = snapshot(state={"items": [1]})
+    state_items: list[JSON] = [1]
+    snap = snapshot(state={"items": state_items})
     fence = await held(store)
-    written = events("a")
-    await store.write(snap, written, fence=fence)
+    written: list[JSON] = [1]
+    await store.write(snap, [Event(data=StepOutput(step_id="a", output=written))], fence=fence)
 
-    snap.state["items"].append(2)
-    written[0].data["extra"] = True
-    (await get(store)).snapshot.state["items"].append(3)
-    (await store.read_events("run-1", 0))[0].data["extra"] = True
+    state_items.append(2)
+    written.append(2)
+    stored_items = (await get(store)).snapshot.state["items"]
+    assert isinstance(stored_items, list)
+    stored_items.append(3)
+    read = data_of((await store.read_events("run-1", 0))[0], StepOutput).output
+    assert isinstance(read, list)
+    read.append(3)
 
     assert (await get(store)).snapshot.state == {"items": [1]}
-    assert (await store.read_events("run-1", 0))[0].data == {"step_id": "a"}
+    assert (await store.read_events("run-1", 0))[0].data == StepOutput(step_id="a", output=[1])
 
 
 async def test_values_come_back_as_json_holds_them(store: Store) -> None:
     fence = await held(store)
+    tupled: Any = (3,)  # not JSON's: a list once stored
 
     await store.write(
-        snapshot(status=RUNNING, input=(1, 2)),
-        [Event(type=EventType.STEP_OUTPUT, data={"t": (3,)})],
+        snapshot(status=RUNNING, input=tupled),
+        [Event(data=StepOutput(step_id="a", output={"t": tupled}))],
         fence=fence,
     )
 
-    assert (await get(store)).snapshot.input == [1, 2]
-    assert (await store.read_events("run-1", 0))[0].data == {"t": [3]}
+    assert (await get(store)).snapshot.input == [3]
+    assert (await store.read_events("run-1", 0))[0].data == StepOutput(
+        step_id="a", output={"t": [3]}
+    )
 
 
 async def test_durable_says_whether_runs_outlive_the_process(store: Store) -> None:
@@ -377,7 +386,7 @@ async def test_read_events_after_a_sequence_with_a_limit(store: Store) -> None:
     assert [event.sequence for event in await store.read_events("run-1", 0, limit=1)] == [1]
     assert await store.read_events("run-1", 6) == []
     first = (await store.read_events("run-1", 0))[0]
-    assert first == sent[0].model_copy(update={"sequence": 1})
+    assert first == sent[0].with_sequence(1)
 
 
 async def test_sizes_must_be_positive(store: Store) -> None:
@@ -915,9 +924,8 @@ async def test_a_deleted_id_can_be_created_again(store: Store) -> None:
     outcome = await store.write(snapshot(status=RUNNING), events("new"), fence=fence)
 
     assert outcome.last_sequence == 1
-    assert [(e.sequence, e.data["step_id"]) for e in await store.read_events("run-1", 0)] == [
-        (1, "new")
-    ]
+    found = await store.read_events("run-1", 0)
+    assert [(e.sequence, data_of(e, StepStart).step_id) for e in found] == [(1, "new")]
 
 
 # -- retention and trimming ------------------------------------------------------------------
@@ -1022,7 +1030,7 @@ async def test_a_blocked_read_of_a_trimmed_log_wakes_for_new_events(limited_stor
     await limited_store.write(snapshot(status=RUNNING), events("s9"), fence=fence)
 
     found = await asyncio.wait_for(waiter, 5)
-    assert [(e.sequence, e.data["step_id"]) for e in found] == [(9, "s9")]
+    assert [(e.sequence, data_of(e, StepStart).step_id) for e in found] == [(9, "s9")]
 
 
 # -- Redis only ------------------------------------------------------------------------------

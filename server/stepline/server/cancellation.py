@@ -6,7 +6,8 @@ step-progress for an iteration) so that a stream consumer sees it end.
 
 from __future__ import annotations
 
-from .model import Event, EventType, IterationRecord, RunStatus, Snapshot, StepStatus, now
+from .events import Event, StepProgress, StepResult
+from .model import IterationRecord, RunStatus, Snapshot, StepStatus, now
 from .workflows import ForeachNode, Workflow
 
 OPEN_STEPS = frozenset({StepStatus.RUNNING, StepStatus.WAITING, StepStatus.SUSPENDED})
@@ -24,18 +25,14 @@ def cancel_iterations(step_id: str, items: dict[int, IterationRecord], total: in
         if items[i].status not in _OPEN_ITERATIONS:
             continue
         items[i] = IterationRecord(status=StepStatus.CANCELED)
-        events.append(
-            Event(
-                type=EventType.STEP_PROGRESS,
-                data={
-                    "step_id": step_id,
-                    "completed_count": done,
-                    "total_count": total,
-                    "current_index": i,
-                    "iteration_status": StepStatus.CANCELED.value,
-                },
-            )
+        progress = StepProgress(
+            step_id=step_id,
+            completed_count=done,
+            total_count=total,
+            current_index=i,
+            iteration_status=StepStatus.CANCELED,
         )
+        events.append(Event(data=progress))
     return events
 
 
@@ -67,19 +64,15 @@ def _close(snap: Snapshot, workflow: Workflow | None, prefix: str, at: float) ->
         if rec.status not in OPEN_STEPS:
             continue
         rec.status, rec.ended_at = StepStatus.CANCELED, at
-        events.append(
-            Event(
-                type=EventType.STEP_RESULT,
-                data={
-                    "step_id": prefix + step_id,
-                    "status": StepStatus.CANCELED.value,
-                    "payload": rec.payload,
-                    "started_at": rec.started_at,
-                    "ended_at": at,
-                    "attempts": rec.attempts,
-                },
-            )
+        result = StepResult(
+            step_id=prefix + step_id,
+            status=StepStatus.CANCELED,
+            started_at=rec.started_at,
+            ended_at=at,
+            attempts=rec.attempts,
+            payload=rec.payload,
         )
+        events.append(Event(data=result))
     snap.active_steps.clear()
     snap.suspended_paths.clear()
     snap.resume_labels.clear()

@@ -15,14 +15,22 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, Literal, TextIO
 
 from opentelemetry import trace
 
-from .model import Event, EventType, RunStatus, Snapshot
+from .events import (
+    Event,
+    StepResult,
+    StepStart,
+    StepSuspended,
+    WorkflowFinish,
+    WorkflowStart,
+)
+from .model import RunStatus, Snapshot, StepStatus
 
 _run_id: ContextVar[str | None] = ContextVar("stepline_run_id", default=None)
 _workflow_id: ContextVar[str | None] = ContextVar("stepline_workflow_id", default=None)
@@ -181,68 +189,66 @@ class _RunPassLog:
 
     def committed(self, snapshot: Snapshot, events: Sequence[Event]) -> None:
         for event in events:
-            data = event.data
-            if event.type is EventType.WORKFLOW_START:
-                # A plain start is implied by the run's finish line; a resume, restart or
-                # time travel is worth its own.
-                reason = data.get("reason")
-                self._log.log(
-                    logging.DEBUG if reason == "start" else logging.INFO,
-                    "run %s began (%s)",
-                    snapshot.run_id,
-                    reason,
-                    extra=self._extra,
-                )
-            elif event.type is EventType.STEP_START:
-                self._log.debug("step %s started", data.get("step_id"), extra=self._extra)
-            elif event.type is EventType.STEP_RESULT:
-                self._step_result(data)
-            elif event.type is EventType.STEP_SUSPENDED:  # the run's line names the step
-                self._log.debug("step %s suspended", data.get("step_id"), extra=self._extra)
-            elif event.type is EventType.WORKFLOW_FINISH:
-                self._finished = True
-                self._settled(snapshot.run_id, data)
+            match event.data:
+                case WorkflowStart(reason=reason):
+                    # A plain start is implied by the run's finish line; a resume, restart or
+                    # time travel is worth its own.
+                    self._log.log(
+                        logging.DEBUG if reason == "start" else logging.INFO,
+                        "run %s began (%s)",
+                        snapshot.run_id,
+                        reason,
+                        extra=self._extra,
+                    )
+                case StepStart(step_id=step_id):
+                    self._log.debug("step %s started", step_id, extra=self._extra)
+                case StepResult() as result:
+                    self._step_result(result)
+                case StepSuspended(step_id=step_id):  # the run's line names the step
+                    self._log.debug("step %s suspended", step_id, extra=self._extra)
+                case WorkflowFinish() as finish:
+                    self._finished = True
+                    self._settled(snapshot.run_id, finish)
 
-    def _settled(self, run_id: str, data: Mapping[str, Any]) -> None:
+    def _settled(self, run_id: str, finish: WorkflowFinish) -> None:
         """The line that says how a pass left the run: finished, suspended or canceled."""
-        status = data.get("status")
-        if status == RunStatus.SUSPENDED.value:
-            paths = [leaf.get("path") or [] for leaf in data.get("suspended") or ()]
-            at = ", ".join(".".join(str(part) for part in path) for path in paths) or "?"
+        status = finish.status
+        if status is RunStatus.SUSPENDED:
+            suspended = finish.suspended or ()
+            at = ", ".join(".".join(leaf.path) for leaf in suspended) or "?"
             self._log.info("run %s suspended at %s", run_id, at, extra=self._extra)
-        elif status == RunStatus.CANCELED.value:
+        elif status is RunStatus.CANCELED:
             log_canceled(run_id, self._extra["workflow_id"], self._log)
         else:
-            error = data.get("error") or {}
+            error = finish.error or None
             self._log.info(
                 "run %s finished: %s%s",
                 run_id,
-                status,
-                f" ({error.get('name')}: {error.get('message')})" if error else "",
+                status.value,
+                f" ({error.name}: {error.message})" if error else "",
                 extra=self._extra,
             )
 
-    def _step_result(self, data: Mapping[str, Any]) -> None:
-        status = data.get("status")
-        started, ended = data.get("started_at"), data.get("ended_at")
+    def _step_result(self, result: StepResult) -> None:
+        started, ended = result.started_at, result.ended_at
         took = (
             f" in {(ended - started) * 1000:.0f} ms"
-            if isinstance(started, int | float) and isinstance(ended, int | float)
+            if started is not None and ended is not None
             else ""
         )
-        level = logging.DEBUG if status == "success" else logging.INFO
+        level = logging.DEBUG if result.status is StepStatus.SUCCESS else logging.INFO
         if not self._log.isEnabledFor(level):
             return
-        error = data.get("error") or {}
-        detail = f": {error.get('name')}: {error.get('message')}" if error else ""
+        error = result.error or None
+        detail = f": {error.name}: {error.message}" if error else ""
         self._log.log(
             level,
             "step %s %s%s%s",
-            data.get("step_id"),
-            status,
+            result.step_id,
+            result.status.value,
             took,
             detail,
-            extra={**self._extra, "step_id": data.get("step_id")},
+            extra={**self._extra, "step_id": result.step_id},
         )
 
     def ended(self, snapshot: Snapshot, error: BaseException | None) -> None:

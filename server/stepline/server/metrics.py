@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from .model import Event, EventType, Snapshot
+from .events import Event, StepResult, StepSuspended, WorkflowFinish, WorkflowStart
+from .model import Snapshot
 
 STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 RPC_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
@@ -128,25 +128,31 @@ class RunMetrics:
     def committed(self, snapshot: Snapshot, events: Sequence[Event]) -> None:
         workflow, m = snapshot.workflow_id, self._metrics
         for event in events:
-            data = event.data
-            if event.type is EventType.WORKFLOW_START and data.get("reason") == "start":
-                m.runs_started.labels(workflow).inc()
-            elif event.type is EventType.WORKFLOW_FINISH:
-                m.runs_finished.labels(workflow, str(data.get("status", ""))).inc()
-            elif event.type is EventType.STEP_RESULT:
-                status = str(data.get("status", ""))
-                self._step(snapshot, data, status, data.get("started_at"), data.get("ended_at"))
-            elif event.type is EventType.STEP_SUSPENDED:
-                step = snapshot.steps.get(str(data.get("step_id", "")))
-                started = step.started_at if step is not None else None
-                self._step(snapshot, data, "suspended", started, data.get("suspended_at"))
+            match event.data:
+                case WorkflowStart(reason="start"):
+                    m.runs_started.labels(workflow).inc()
+                case WorkflowFinish(status=status):
+                    m.runs_finished.labels(workflow, status.value).inc()
+                case StepResult() as result:
+                    self._step(
+                        workflow,
+                        result.step_id,
+                        result.status.value,
+                        result.started_at,
+                        result.ended_at,
+                    )
+                case StepSuspended() as suspended:
+                    step = snapshot.steps.get(suspended.step_id)
+                    started = step.started_at if step is not None else None
+                    self._step(
+                        workflow, suspended.step_id, "suspended", started, suspended.suspended_at
+                    )
 
     def _step(
-        self, snapshot: Snapshot, data: dict[str, Any], status: str, start: Any, end: Any
+        self, workflow: str, step: str, status: str, start: float | None, end: float | None
     ) -> None:
-        if isinstance(start, int | float) and isinstance(end, int | float):
-            step = str(data.get("step_id", ""))
-            self._metrics.step_duration.labels(snapshot.workflow_id, step, status).observe(
+        if start is not None and end is not None:
+            self._metrics.step_duration.labels(workflow, step, status).observe(
                 max(0.0, end - start)
             )
 

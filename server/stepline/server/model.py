@@ -10,53 +10,27 @@ import dataclasses
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
+from msgspec import UNSET, UnsetType
 from pydantic import BaseModel, ConfigDict, Field
+
+from .events import (
+    Event,
+    EventError,
+    EventType,
+    StepData,
+    StepOutput,
+    StepProgress,
+    Suspension,
+    WorkflowFinish,
+)
+from .jsonvalue import JSON
+from .status import RunStatus, StepStatus
 
 
 def now() -> float:
     return time.time()
-
-
-class RunStatus(StrEnum):
-    PENDING = "pending"
-    RUNNING = "running"
-    WAITING = "waiting"
-    SUSPENDED = "suspended"
-    SUCCESS = "success"
-    FAILED = "failed"
-    CANCELED = "canceled"
-    # A per_step pass ran its one top-level step; a time travel continues the run.
-    PAUSED = "paused"
-
-    @property
-    def finished(self) -> bool:
-        return self in _FINISHED
-
-    @property
-    def settled(self) -> bool:
-        """Finished, suspended or paused: nothing runs until a caller acts."""
-        return self in _FINISHED or self in _PARKED
-
-    @property
-    def active(self) -> bool:
-        return self in (RunStatus.RUNNING, RunStatus.WAITING)
-
-
-_FINISHED = frozenset({RunStatus.SUCCESS, RunStatus.FAILED, RunStatus.CANCELED})
-_PARKED = frozenset({RunStatus.SUSPENDED, RunStatus.PAUSED})
-
-
-class StepStatus(StrEnum):
-    RUNNING = "running"
-    SUCCESS = "success"
-    FAILED = "failed"
-    SUSPENDED = "suspended"
-    WAITING = "waiting"
-    SKIPPED = "skipped"
-    CANCELED = "canceled"
 
 
 class ErrorData(BaseModel):
@@ -66,16 +40,20 @@ class ErrorData(BaseModel):
 
     message: str
     name: str = "Error"
-    details: Any = None
+    details: JSON = None
+
+    def as_event(self) -> EventError:
+        """The error as events carry it."""
+        return EventError(message=self.message, name=self.name, details=self.details)
 
 
 class StepRecord(BaseModel):
     status: StepStatus
-    payload: Any = None
-    output: Any = None
+    payload: JSON = None
+    output: JSON = None
     error: ErrorData | None = None
-    suspend_payload: Any = None
-    resume_payload: Any = None
+    suspend_payload: JSON = None
+    resume_payload: JSON = None
     suspend_labels: list[str] = Field(default_factory=list)
     started_at: float | None = None
     ended_at: float | None = None
@@ -89,9 +67,9 @@ class IterationRecord(BaseModel):
     """One foreach iteration: running, or how it ended (its output, error or suspension)."""
 
     status: StepStatus
-    output: Any = None
+    output: JSON = None
     error: ErrorData | None = None
-    suspend_payload: Any = None
+    suspend_payload: JSON = None
     labels: list[str] = Field(default_factory=list)
 
 
@@ -106,7 +84,7 @@ class SuspendedLeaf(BaseModel):
     """A suspended step as callers address it: its path, payload and labels."""
 
     path: list[str]
-    payload: Any = None
+    payload: JSON = None
     labels: list[str] = Field(default_factory=list)
 
 
@@ -122,7 +100,7 @@ class PendingResume(BaseModel):
 
     step_id: str
     path: list[str]
-    data: Any = None
+    data: JSON = None
     for_each_index: int | None = None
 
 
@@ -132,8 +110,8 @@ class Snapshot(BaseModel):
     status: RunStatus = RunStatus.PENDING
     resource_id: str = ""
     request_id: str = ""
-    input: Any = None
-    state: dict[str, Any] = Field(default_factory=dict)
+    input: JSON = None
+    state: dict[str, JSON] = Field(default_factory=dict)
     request_context: dict[str, Any] = Field(default_factory=dict)
     trace_id: str = ""
     trace_metadata: dict[str, Any] = Field(default_factory=dict)
@@ -160,7 +138,7 @@ class Snapshot(BaseModel):
     entry_state: dict[str, dict[str, Any]] = Field(default_factory=dict)
     # Foreach iterations by the foreach's step id, then by index; an absent index has not run.
     iterations: dict[str, dict[int, IterationRecord]] = Field(default_factory=dict)
-    result: Any = None
+    result: JSON = None
     error: ErrorData | None = None
     created_at: float = Field(default_factory=now)
     updated_at: float = Field(default_factory=now)
@@ -203,13 +181,19 @@ class Snapshot(BaseModel):
         }
         return True
 
-    def finish_data(self) -> dict[str, Any]:
-        """What every workflow-finish event of the run's current status starts with: the
-        status, and the state when the run's output options ask for it."""
-        data: dict[str, Any] = {"status": self.status.value}
-        if self.output_options.include_state:
-            data["state"] = dict(self.state)
-        return data
+    def finish_data(
+        self,
+        *,
+        result: JSON | UnsetType = UNSET,
+        error: EventError | UnsetType | None = UNSET,
+        suspended: tuple[Suspension, ...] | UnsetType = UNSET,
+    ) -> WorkflowFinish:
+        """A workflow-finish of the run's current status with `result`, `error` or
+        `suspended` as given, and the state when the run's output options ask for it."""
+        state = dict(self.state) if self.output_options.include_state else UNSET
+        return WorkflowFinish(
+            status=self.status, state=state, result=result, error=error, suspended=suspended
+        )
 
     def flat_steps(self) -> dict[str, StepRecord]:
         """Step records with nested workflows' steps flattened as "child.step"."""
@@ -241,13 +225,11 @@ class ChangeSet:
         """Mark what `events` announce: every step and iteration transition is committed
         with an event naming it (a step-output changes no record)."""
         for event in events:
-            step_id = event.data.get("step_id")
-            if step_id is None or event.type is EventType.STEP_OUTPUT:
-                continue
-            if event.type is EventType.STEP_PROGRESS:
-                self.item(step_id, int(event.data["current_index"]))
-            else:
-                self.step(step_id)
+            data = event.data
+            if isinstance(data, StepProgress):
+                self.item(data.step_id, data.current_index)
+            elif isinstance(data, StepData) and not isinstance(data, StepOutput):
+                self.step(data.step_id)
 
     def clear(self) -> None:
         self.full = False
@@ -364,47 +346,21 @@ def assemble(
     return snapshot
 
 
-class EventType(StrEnum):
-    WORKFLOW_START = "workflow-start"
-    STEP_START = "step-start"
-    STEP_OUTPUT = "step-output"
-    STEP_PROGRESS = "step-progress"
-    STEP_RESULT = "step-result"
-    STEP_SUSPENDED = "step-suspended"
-    STEP_WAITING = "step-waiting"
-    WORKFLOW_CANCELED = "workflow-canceled"
-    WORKFLOW_FINISH = "workflow-finish"
-    WORKFLOW_PAUSED = "workflow-paused"
-
-
-class Event(BaseModel):
-    """One entry of a run's log. `sequence` is assigned by the store (dense, from 1).
-
-    `data` keys per type (all JSON):
-      workflow-start:   workflow_id, reason ("start" | "resume" | "restart" | "time_travel")
-      step-start:       step_id, payload, started_at, resume_payload?, metadata?
-      step-output:      step_id, output
-      step-progress:    step_id, completed_count, total_count, current_index,
-                        iteration_status, iteration_output?
-      step-result:      step_id, status ("success" | "failed" | "canceled"), payload?,
-                        output? | error?, started_at, ended_at, attempts (a foreach's
-                        carries neither its input list nor its outputs: its step-start and
-                        step-progress events and its record do)
-      step-suspended:   step_id, payload, suspend_payload, labels, suspended_at
-      step-waiting:     step_id, payload, started_at, wake_at
-      workflow-canceled: (empty)
-      workflow-paused:  (empty)
-      workflow-finish:  status, result? | error? | suspended? (list of {path, payload, labels}),
-                        state? (when the run's output options include it)
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    type: EventType
-    data: dict[str, Any] = Field(default_factory=dict)
-    sequence: int = 0
-    timestamp: float = Field(default_factory=now)
-
-    @property
-    def is_finish(self) -> bool:
-        return self.type is EventType.WORKFLOW_FINISH
+__all__ = [
+    "ChangeSet",
+    "ErrorData",
+    "Event",
+    "EventType",
+    "IterationRecord",
+    "OutputOptions",
+    "PendingResume",
+    "ResumeLabel",
+    "RunStatus",
+    "Snapshot",
+    "SnapshotImage",
+    "StepRecord",
+    "StepStatus",
+    "SuspendedLeaf",
+    "assemble",
+    "now",
+]

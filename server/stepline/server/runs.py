@@ -26,11 +26,11 @@ from .errors import (
     StoreConflict,
     WorkflowNotFound,
 )
+from .events import WorkflowCanceled, WorkflowStart
 from .logs import log_canceled
 from .model import (
     ChangeSet,
     Event,
-    EventType,
     OutputOptions,
     PendingResume,
     RunStatus,
@@ -288,10 +288,7 @@ class RunService:
         if params.request_context:
             claimed.request_context = {**snap.request_context, **params.request_context}
         claimed.updated_at = now()
-        start = Event(
-            type=EventType.WORKFLOW_START,
-            data={"workflow_id": snap.workflow_id, "reason": "resume"},
-        )
+        start = Event(data=WorkflowStart(workflow_id=snap.workflow_id, reason="resume"))
         # The claim changes no step record: it writes the run's header only (unless the run
         # is of the first layout, whose records must be rewritten apart).
         changes = ChangeSet(full=not stored.records_apart)
@@ -370,8 +367,8 @@ class RunService:
             snap.updated_at = now()
             events = [
                 *close_open_steps(snap, self.registry.get(snap.workflow_id)),
-                Event(type=EventType.WORKFLOW_CANCELED),
-                Event(type=EventType.WORKFLOW_FINISH, data=snap.finish_data()),
+                Event(data=WorkflowCanceled()),
+                Event(data=snap.finish_data()),
             ]
             try:
                 await self.store.write(snap, events, expected_version=stored.version)
@@ -506,10 +503,7 @@ class RunService:
         rewound.pass_announced = True
         rewound.resumed_since_suspend = False
         rewound.updated_at = now()
-        start = Event(
-            type=EventType.WORKFLOW_START,
-            data={"workflow_id": snap.workflow_id, "reason": "time_travel"},
-        )
+        start = Event(data=WorkflowStart(workflow_id=snap.workflow_id, reason="time_travel"))
         try:
             await self._claim(stored, rewound, start, ChangeSet())
         except StoreConflict:

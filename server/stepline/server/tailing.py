@@ -13,13 +13,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
 from .errors import CursorExpired, FieldViolation, InvalidArgument, ShuttingDown
-from .model import Event, RunStatus
+from .events import Event, WorkflowFinish
+from .model import RunStatus
 from .store import Store, StoredRun
 
 __all__ = ["PassSource", "Tail"]
 
 # Finish statuses after which a watch that keeps open on suspend stays open.
-_PARKED = frozenset({RunStatus.SUSPENDED.value, RunStatus.PAUSED.value})
+_PARKED = frozenset({RunStatus.SUSPENDED, RunStatus.PAUSED})
 # How long one blocking read of the log lasts before a watch re-checks the run still exists.
 _TAIL_BLOCK = 15.0
 
@@ -111,8 +112,9 @@ class Tail:
                 yield event
             cursor = events[-1].sequence
             last = events[-1]
-            ends = last.is_finish and (
-                last.data.get("status") not in _PARKED or not keep_open_on_suspend
+            finish = last.data
+            ends = isinstance(finish, WorkflowFinish) and (
+                finish.status not in _PARKED or not keep_open_on_suspend
             )
             # A finish followed by more events (a resume already began) is not the end.
             if ends and not await self._store.read_events(run_id, cursor, limit=1):

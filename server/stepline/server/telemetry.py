@@ -26,11 +26,12 @@ import json
 import logging
 import re
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
+from msgspec import UNSET
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -47,7 +48,21 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from .errors import LeaseLost
-from .model import Event, EventType, RunStatus, Snapshot
+from .events import (
+    Event,
+    EventError,
+    StepOutput,
+    StepProgress,
+    StepResult,
+    StepStart,
+    StepSuspended,
+    StepWaiting,
+    WorkflowCanceled,
+    WorkflowFinish,
+    WorkflowPaused,
+    WorkflowStart,
+)
+from .model import RunStatus, Snapshot, StepStatus
 from .settings import Settings
 
 _HEX = re.compile(r"[0-9a-fA-F]{1,32}")
@@ -213,53 +228,55 @@ class _PassSpans:
     def _event(self, event: Event) -> None:
         if self._run is None:
             return
-        run, data = self._run.span, event.data
-        step_id = str(data.get("step_id", ""))
-        match event.type:
-            case EventType.WORKFLOW_START:
-                run.set_attribute("stepline.reason", str(data.get("reason", "")))
-            case EventType.STEP_START:
+        run = self._run.span
+        match event.data:
+            case WorkflowStart(reason=reason):
+                run.set_attribute("stepline.reason", reason)
+            case StepStart(step_id=step_id) as start:
                 self._close_step(step_id, None)  # a loop's next iteration
-                self._steps[step_id] = _Attached(self._step_span(step_id, data))
-            case EventType.STEP_OUTPUT:
+                resumed = start.resume_payload is not UNSET and start.resume_payload is not None
+                span = self._step_span(step_id, start.started_at, resumed=resumed)
+                self._steps[step_id] = _Attached(span)
+            case StepOutput(step_id=step_id):
                 self._step_or_run(step_id).add_event("output", timestamp=_ns(event.timestamp))
-            case EventType.STEP_PROGRESS:
-                progress: dict[str, str | bool | int | float] = {
-                    key: attribute(data[key])
-                    for key in ("completed_count", "total_count", "current_index")
-                    if key in data
+            case StepProgress() as progress:
+                attributes: dict[str, str | bool | int | float] = {
+                    "completed_count": progress.completed_count,
+                    "total_count": progress.total_count,
+                    "current_index": progress.current_index,
+                    "iteration_status": progress.iteration_status.value,
                 }
-                progress["iteration_status"] = str(data.get("iteration_status", ""))
-                self._step_or_run(step_id).add_event(
-                    "progress", attributes=progress, timestamp=_ns(event.timestamp)
+                self._step_or_run(progress.step_id).add_event(
+                    "progress", attributes=attributes, timestamp=_ns(event.timestamp)
                 )
-            case EventType.STEP_RESULT:
-                self._finish_step(step_id, data)
-            case EventType.STEP_SUSPENDED:
-                span = self._take_step(step_id, data)
+            case StepResult() as result:
+                self._finish_step(result)
+            case StepSuspended() as suspended:
+                span = self._take_step(suspended.step_id, None)
                 span.set_attribute("stepline.step.status", "suspended")
-                labels = [str(label) for label in data.get("labels") or []]
-                span.add_event("suspended", attributes={"stepline.labels": labels})
-                span.end(end_time=_ns(data.get("suspended_at")))
-            case EventType.STEP_WAITING:
-                waiting = {"stepline.step_id": step_id, "wake_at": attribute(data.get("wake_at"))}
-                run.add_event("waiting", attributes=waiting)
-            case EventType.WORKFLOW_CANCELED:
+                span.add_event("suspended", attributes={"stepline.labels": suspended.labels})
+                span.end(end_time=_ns(suspended.suspended_at))
+            case StepWaiting() as waiting:
+                attributes = {
+                    "stepline.step_id": waiting.step_id,
+                    "wake_at": attribute(waiting.wake_at),
+                }
+                run.add_event("waiting", attributes=attributes)
+            case WorkflowCanceled():
                 run.add_event("canceled", timestamp=_ns(event.timestamp))
-            case EventType.WORKFLOW_PAUSED:
+            case WorkflowPaused():
                 run.add_event("paused", timestamp=_ns(event.timestamp))
-            case EventType.WORKFLOW_FINISH:
-                status = str(data.get("status", ""))
-                run.set_attribute("stepline.status", status)
-                if status == "failed":
-                    error = data.get("error") or {}
-                    run.set_status(Status(StatusCode.ERROR, str(error.get("message", ""))))
+            case WorkflowFinish() as finish:
+                run.set_attribute("stepline.status", finish.status.value)
+                if finish.status is RunStatus.FAILED:
+                    error = finish.error if isinstance(finish.error, EventError) else None
+                    run.set_status(Status(StatusCode.ERROR, error.message if error else ""))
                 self._end_run(None, end_time=_ns(event.timestamp))
 
-    def _step_span(self, step_id: str, data: Mapping[str, Any]) -> Span:
+    def _step_span(self, step_id: str, started_at: float | None, *, resumed: bool) -> Span:
         assert self._run is not None
         attributes: dict[str, str | bool | int | float] = {"stepline.step_id": step_id}
-        if data.get("resume_payload") is not None:
+        if resumed:
             attributes["stepline.step.resumed"] = True
         # A nested workflow's step ("child.inner") is a child of the step running it.
         parent = self._run
@@ -274,7 +291,7 @@ class _PassSpans:
             context=trace.set_span_in_context(parent.span),
             kind=SpanKind.INTERNAL,
             attributes=attributes,
-            start_time=_ns(data.get("started_at")),
+            start_time=_ns(started_at),
         )
 
     def _step_or_run(self, step_id: str) -> Span:
@@ -282,26 +299,25 @@ class _PassSpans:
         assert attached is not None
         return attached.span
 
-    def _take_step(self, step_id: str, data: Mapping[str, Any]) -> Span:
+    def _take_step(self, step_id: str, started_at: float | None) -> Span:
         """The open span of the step; a new one if it started in an earlier pass (a sleep)."""
         attached = self._steps.pop(step_id, None)
         if attached is None:
-            return self._step_span(step_id, data)
+            return self._step_span(step_id, started_at, resumed=False)
         attached.detach()
         return attached.span
 
-    def _finish_step(self, step_id: str, data: Mapping[str, Any]) -> None:
-        span = self._take_step(step_id, data)
-        status = str(data.get("status", ""))
-        span.set_attribute("stepline.step.status", status)
-        span.set_attribute("stepline.step.attempts", int(data.get("attempts") or 0))
-        if status == "failed":
-            error = data.get("error") or {}
-            span.set_status(Status(StatusCode.ERROR, str(error.get("message", ""))))
-            span.set_attribute("stepline.error.name", str(error.get("name", "")))
-        elif status == "success":
+    def _finish_step(self, result: StepResult) -> None:
+        span = self._take_step(result.step_id, result.started_at)
+        span.set_attribute("stepline.step.status", result.status.value)
+        span.set_attribute("stepline.step.attempts", result.attempts)
+        if result.status is StepStatus.FAILED:
+            error = result.error if isinstance(result.error, EventError) else None
+            span.set_status(Status(StatusCode.ERROR, error.message if error else ""))
+            span.set_attribute("stepline.error.name", error.name if error else "")
+        elif result.status is StepStatus.SUCCESS:
             span.set_status(Status(StatusCode.OK))
-        span.end(end_time=_ns(data.get("ended_at")))
+        span.end(end_time=_ns(result.ended_at))
 
     def _close_step(self, step_id: str, why: str | None) -> None:
         attached = self._steps.pop(step_id, None)

@@ -24,7 +24,6 @@ from .model import (
     ChangeSet,
     ErrorData,
     Event,
-    EventType,
     RunStatus,
     Snapshot,
     SnapshotImage,
@@ -441,10 +440,7 @@ class Worker:
             snapshot.status, snapshot.error, snapshot.updated_at = RunStatus.FAILED, error, now()
             snapshot.active_steps.clear()
             snapshot.pending_resume = None
-            finish = Event(
-                type=EventType.WORKFLOW_FINISH,
-                data={**snapshot.finish_data(), "error": error.model_dump()},
-            )
+            finish = Event(data=snapshot.finish_data(error=error.as_event()))
             await self.store.write(snapshot, [finish], fence=lease.fence, release=True)
 
     async def _hand_back(self, lease: Lease) -> None:
@@ -550,11 +546,6 @@ async def _fail_unknown_workflow(journal: StoreJournal, snapshot: Snapshot) -> N
     snapshot.status, snapshot.error, snapshot.updated_at = RunStatus.FAILED, error, now()
     await journal.commit(
         snapshot,
-        [
-            Event(
-                type=EventType.WORKFLOW_FINISH,
-                data={**snapshot.finish_data(), "error": error.model_dump()},
-            )
-        ],
+        [Event(data=snapshot.finish_data(error=error.as_event()))],
         release=True,
     )

@@ -10,10 +10,27 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
+from msgspec import UNSET, UnsetType
+
 from stepline.v1 import event_pb2, run_pb2, workflow_pb2
 from stepline.v1 import workflow_service_pb2 as service_pb2
 
-from ..model import ErrorData, Event, EventType, RunStatus, StepRecord, StepStatus
+from ..events import (
+    Event,
+    EventError,
+    StepOutput,
+    StepProgress,
+    StepResult,
+    StepStart,
+    StepSuspended,
+    StepWaiting,
+    WorkflowCanceled,
+    WorkflowFinish,
+    WorkflowPaused,
+    WorkflowStart,
+)
+from ..jsonvalue import JSON
+from ..model import ErrorData, RunStatus, StepRecord, StepStatus
 from ..runs import RestartParams, ResumeParams, StartParams, TimeTravelParams
 from ..store import RunFilter, RunRow, StoredRun
 from .values import (
@@ -85,16 +102,12 @@ def _optional_value(data: Any) -> Any:
     return None if data is None else to_value(data)
 
 
-def run_error(error: ErrorData | Mapping[str, Any] | None) -> run_pb2.RunError | None:
-    """An engine error (model or its JSON form inside event data) as a RunError."""
+def run_error(error: ErrorData | EventError | None) -> run_pb2.RunError | None:
+    """An engine error (a record's, or as an event carries it) as a RunError."""
     if error is None:
         return None
-    if isinstance(error, ErrorData):
-        error = error.model_dump()
     return run_pb2.RunError(
-        message=str(error.get("message", "")),
-        name=str(error.get("name", "")),
-        details=_optional_value(error.get("details")),
+        message=error.message, name=error.name, details=_optional_value(error.details)
     )
 
 
@@ -193,108 +206,102 @@ def workflow_info(description: Mapping[str, Any]) -> workflow_pb2.WorkflowInfo:
 
 
 def run_event(run_id: str, event: Event) -> event_pb2.RunEvent:
-    """One log entry as a RunEvent; `data` keys follow the `Event` docstring."""
+    """One log entry as a RunEvent: a key the payload leaves out stays unset."""
     message = event_pb2.RunEvent(
         run_id=run_id, sequence=event.sequence, timestamp=to_timestamp(event.timestamp)
     )
-    data = event.data
-    step_id = str(data.get("step_id", ""))
-
-    def value(key: str) -> Any:
-        return to_value(data[key]) if key in data else None
-
-    def time(key: str) -> Any:
-        return to_timestamp(data.get(key))
-
-    match event.type:
-        case EventType.WORKFLOW_START:
+    match event.data:
+        case WorkflowStart() as start:
             message.workflow_start.CopyFrom(
                 event_pb2.WorkflowStartEvent(
-                    workflow_id=str(data.get("workflow_id", "")),
+                    workflow_id=start.workflow_id,
                     reason=START_REASON_TO_PROTO.get(
-                        str(data.get("reason", "")), event_pb2.START_REASON_UNSPECIFIED
+                        start.reason, event_pb2.START_REASON_UNSPECIFIED
                     ),
                 )
             )
-        case EventType.STEP_START:
+        case StepStart() as step:
             message.step_start.CopyFrom(
                 event_pb2.StepStartEvent(
-                    step_id=step_id,
-                    payload=value("payload"),
-                    started_at=time("started_at"),
-                    resume_payload=value("resume_payload"),
-                    metadata=_optional_struct(data.get("metadata")),
+                    step_id=step.step_id,
+                    payload=to_value(step.payload),
+                    started_at=to_timestamp(step.started_at),
+                    resume_payload=_set_value(step.resume_payload),
+                    metadata=None if step.metadata is UNSET else to_struct(step.metadata),
                 )
             )
-        case EventType.STEP_OUTPUT:
+        case StepOutput() as output:
             message.step_output.CopyFrom(
-                event_pb2.StepOutputEvent(step_id=step_id, output=value("output"))
+                event_pb2.StepOutputEvent(step_id=output.step_id, output=to_value(output.output))
             )
-        case EventType.STEP_PROGRESS:
+        case StepProgress() as progress:
             message.step_progress.CopyFrom(
                 event_pb2.StepProgressEvent(
-                    step_id=step_id,
-                    completed_count=int(data.get("completed_count", 0)),
-                    total_count=int(data.get("total_count", 0)),
-                    current_index=int(data.get("current_index", 0)),
-                    iteration_status=step_status(data.get("iteration_status")),
-                    iteration_output=value("iteration_output"),
+                    step_id=progress.step_id,
+                    completed_count=progress.completed_count,
+                    total_count=progress.total_count,
+                    current_index=progress.current_index,
+                    iteration_status=step_status(progress.iteration_status),
+                    iteration_output=_set_value(progress.iteration_output),
                 )
             )
-        case EventType.STEP_RESULT:
+        case StepResult() as result:
             message.step_result.CopyFrom(
                 event_pb2.StepResultEvent(
-                    step_id=step_id,
-                    status=step_status(data.get("status")),
-                    payload=value("payload"),
-                    output=value("output"),
-                    error=run_error(data.get("error")),
-                    started_at=time("started_at"),
-                    ended_at=time("ended_at"),
-                    attempts=int(data.get("attempts", 0)),
+                    step_id=result.step_id,
+                    status=step_status(result.status),
+                    payload=_set_value(result.payload),
+                    output=_set_value(result.output),
+                    error=run_error(result.error or None),
+                    started_at=to_timestamp(result.started_at),
+                    ended_at=to_timestamp(result.ended_at),
+                    attempts=result.attempts,
                 )
             )
-        case EventType.STEP_SUSPENDED:
+        case StepSuspended() as suspended:
             message.step_suspended.CopyFrom(
                 event_pb2.StepSuspendedEvent(
-                    step_id=step_id,
-                    payload=value("payload"),
-                    suspend_payload=value("suspend_payload"),
-                    labels=[str(label) for label in data.get("labels", [])],
-                    suspended_at=time("suspended_at"),
+                    step_id=suspended.step_id,
+                    payload=to_value(suspended.payload),
+                    suspend_payload=to_value(suspended.suspend_payload),
+                    labels=suspended.labels,
+                    suspended_at=to_timestamp(suspended.suspended_at),
                 )
             )
-        case EventType.STEP_WAITING:
+        case StepWaiting() as waiting:
             message.step_waiting.CopyFrom(
                 event_pb2.StepWaitingEvent(
-                    step_id=step_id,
-                    payload=value("payload"),
-                    started_at=time("started_at"),
-                    wake_at=time("wake_at"),
+                    step_id=waiting.step_id,
+                    payload=to_value(waiting.payload),
+                    started_at=to_timestamp(waiting.started_at),
+                    wake_at=to_timestamp(waiting.wake_at),
                 )
             )
-        case EventType.WORKFLOW_CANCELED:
+        case WorkflowCanceled():
             message.workflow_canceled.SetInParent()
-        case EventType.WORKFLOW_PAUSED:
+        case WorkflowPaused():
             message.workflow_paused.SetInParent()
-        case EventType.WORKFLOW_FINISH:
+        case WorkflowFinish() as finish:
             message.workflow_finish.CopyFrom(
                 event_pb2.WorkflowFinishEvent(
-                    status=run_status(data.get("status")),
-                    result=value("result"),
-                    error=run_error(data.get("error")),
+                    status=run_status(finish.status),
+                    result=_set_value(finish.result),
+                    error=run_error(finish.error or None),
                     suspended=[
                         run_pb2.SuspendedStep(
-                            path=[str(segment) for segment in entry.get("path", [])],
-                            payload=to_value(entry.get("payload")),
-                            labels=[str(label) for label in entry.get("labels", [])],
+                            path=entry.path, payload=to_value(entry.payload), labels=entry.labels
                         )
-                        for entry in data.get("suspended") or []
+                        for entry in finish.suspended or ()
                     ],
-                    state=_optional_struct(data.get("state")),
+                    state=None if finish.state is UNSET else to_struct(finish.state),
                 )
             )
     return message
+
+
+def _set_value(data: JSON | UnsetType) -> Any:
+    """A Value for `data`, or None (field left unset) when the payload left it out."""
+    return None if data is UNSET else to_value(data)
 
 
 # -- requests ------------------------------------------------------------------------------------

@@ -137,7 +137,7 @@ async def _item_done(
         ex,
         step.id,
         index=i,
-        status=item.status.value,
+        status=item.status,
         output=item.output,
         completed=ended.count,
         total=total,

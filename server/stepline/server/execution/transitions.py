@@ -12,11 +12,26 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+from msgspec import UNSET
+
 from ..cancellation import close_open_steps
+from ..events import (
+    Event,
+    StepData,
+    StepOutput,
+    StepProgress,
+    StepResult,
+    StepStart,
+    StepSuspended,
+    StepWaiting,
+    Suspension,
+    WorkflowCanceled,
+    WorkflowPaused,
+    WorkflowStart,
+)
 from ..model import (
     ErrorData,
-    Event,
-    EventType,
     PendingResume,
     ResumeLabel,
     RunStatus,
@@ -35,14 +50,7 @@ if TYPE_CHECKING:
 # -- the run -------------------------------------------------------------------------------
 async def start(ex: Execution, reason: str) -> None:
     """Announce a pass: "start" for a new run, "restart" for one continued after a crash."""
-    await ex.commit(
-        [
-            Event(
-                type=EventType.WORKFLOW_START,
-                data={"workflow_id": ex.workflow_id, "reason": reason},
-            )
-        ]
-    )
+    await ex.commit([Event(data=WorkflowStart(workflow_id=ex.workflow_id, reason=reason))])
 
 
 async def hand_to_timer(ex: Execution, wake_at: float) -> Snapshot:
@@ -62,27 +70,32 @@ async def finish(ex: Execution, outcome: Outcome) -> Snapshot:
     snap.pending_resume = None
     snap.pause_after = None  # a per_step request covers one pass
     events: list[Event] = []
-    data = snap.finish_data()
     if status is RunStatus.SUCCESS:
         snap.result = outcome.value
-        data["result"] = outcome.value
+        data = snap.finish_data(result=outcome.value)
     elif status is RunStatus.FAILED:
         snap.error = outcome.error
-        data["error"] = outcome.error.model_dump() if outcome.error else None
+        data = snap.finish_data(error=outcome.error.as_event() if outcome.error else None)
     elif status is RunStatus.SUSPENDED:
         snap.resumed_since_suspend = False
-        data["suspended"] = [leaf.model_dump() for leaf in snap.suspended_leaves()]
+        suspended = tuple(
+            Suspension(path=tuple(leaf.path), payload=leaf.payload, labels=tuple(leaf.labels))
+            for leaf in snap.suspended_leaves()
+        )
+        data = snap.finish_data(suspended=suspended)
     elif status is RunStatus.PAUSED:
         # Not suspended: a resume is refused as such, not as a lost race.
         snap.resumed_since_suspend = False
-        events.append(Event(type=EventType.WORKFLOW_PAUSED))
+        events.append(Event(data=WorkflowPaused()))
+        data = snap.finish_data()
     else:
         # No step of a canceled run stays running, waiting or suspended (every record may
         # change, iterations of an older layout included: write them all).
         ex.changes.full = True
         events.extend(close_open_steps(snap, ex.workflow))
-        events.append(Event(type=EventType.WORKFLOW_CANCELED))
-    events.append(Event(type=EventType.WORKFLOW_FINISH, data=data))
+        events.append(Event(data=WorkflowCanceled()))
+        data = snap.finish_data()
+    events.append(Event(data=data))
     await ex.commit(events, release=True)
     return snap
 
@@ -140,18 +153,20 @@ async def open_step(
         snap.pending_resume = None
     if unit_id not in snap.step_execution_path:
         snap.step_execution_path.append(unit_id)
-    start: dict[str, Any] = {"step_id": unit_id, "payload": payload, "started_at": started}
-    if rec.resume_payload is not None:
-        start["resume_payload"] = rec.resume_payload
-    if metadata:
-        start["metadata"] = metadata
-    await ex.commit([Event(type=EventType.STEP_START, data=start)])
+    start = StepStart(
+        step_id=unit_id,
+        payload=payload,
+        started_at=started,
+        resume_payload=UNSET if rec.resume_payload is None else rec.resume_payload,
+        metadata=metadata if metadata else UNSET,
+    )
+    await ex.commit([Event(data=start)])
     return rec
 
 
 async def write_output(ex: Execution, step_id: str, data: Any) -> None:
     """A step's ctx.write(), already checked to be plain JSON."""
-    await ex.commit([Event(type=EventType.STEP_OUTPUT, data={"step_id": step_id, "output": data})])
+    await ex.commit([Event(data=StepOutput(step_id=step_id, output=data))])
 
 
 async def close(
@@ -205,20 +220,17 @@ def _result_event(
 ) -> Event:
     """The step-result of a step whose record `rec` now holds its end: status, times and
     attempts, the payload and (on success) the output unless `values` is off, the error."""
-    data: dict[str, Any] = {
-        "step_id": step_id,
-        "status": rec.status.value,
-        "started_at": rec.started_at,
-        "ended_at": rec.ended_at,
-        "attempts": rec.attempts if attempts is None else attempts,
-    }
-    if values:
-        data["payload"] = rec.payload
-    if values and rec.status is StepStatus.SUCCESS:
-        data["output"] = rec.output
-    if rec.error is not None:
-        data["error"] = rec.error.model_dump()
-    return Event(type=EventType.STEP_RESULT, data=data)
+    result = StepResult(
+        step_id=step_id,
+        status=rec.status,
+        started_at=rec.started_at,
+        ended_at=rec.ended_at,
+        attempts=rec.attempts if attempts is None else attempts,
+        payload=rec.payload if values else UNSET,
+        output=rec.output if values and rec.status is StepStatus.SUCCESS else UNSET,
+        error=UNSET if rec.error is None else rec.error.as_event(),
+    )
+    return Event(data=result)
 
 
 async def suspend(
@@ -240,20 +252,14 @@ async def suspend(
     snap.suspended_paths[unit_id] = position
     targets = label_targets or {label: ResumeLabel(step_id=unit_id) for label in labels}
     snap.resume_labels.update(targets)
-    await ex.commit(
-        [
-            Event(
-                type=EventType.STEP_SUSPENDED,
-                data={
-                    "step_id": unit_id,
-                    "payload": rec.payload,
-                    "suspend_payload": payload,
-                    "labels": labels,
-                    "suspended_at": rec.suspended_at,
-                },
-            )
-        ]
+    suspended = StepSuspended(
+        step_id=unit_id,
+        payload=rec.payload,
+        suspend_payload=payload,
+        labels=tuple(labels),
+        suspended_at=rec.suspended_at,
     )
+    await ex.commit([Event(data=suspended)])
     return Outcome(Kind.SUSPENDED)
 
 
@@ -270,23 +276,22 @@ async def report_iteration(
     step_id: str,
     *,
     index: int,
-    status: str,
+    status: StepStatus,
     output: Any,
     completed: int,
     total: int,
 ) -> None:
     """Announce that iteration `index` of a foreach ended as `status` (with `output` when
     "success"); the iteration's record is the foreach's own, already updated."""
-    progress: dict[str, Any] = {
-        "step_id": step_id,
-        "completed_count": completed,
-        "total_count": total,
-        "current_index": index,
-        "iteration_status": status,
-    }
-    if status == "success":
-        progress["iteration_output"] = output
-    await ex.commit([Event(type=EventType.STEP_PROGRESS, data=progress)])
+    progress = StepProgress(
+        step_id=step_id,
+        completed_count=completed,
+        total_count=total,
+        current_index=index,
+        iteration_status=status,
+        iteration_output=output if status is StepStatus.SUCCESS else UNSET,
+    )
+    await ex.commit([Event(data=progress)])
 
 
 # -- a sleep -------------------------------------------------------------------------------
@@ -311,19 +316,8 @@ async def begin_wait(
     snap.active_steps[step_id] = position
     if step_id not in snap.step_execution_path:
         snap.step_execution_path.append(step_id)
-    await ex.commit(
-        [
-            Event(
-                type=EventType.STEP_WAITING,
-                data={
-                    "step_id": step_id,
-                    "payload": payload,
-                    "started_at": started,
-                    "wake_at": wake_at,
-                },
-            )
-        ]
-    )
+    waiting = StepWaiting(step_id=step_id, payload=payload, started_at=started, wake_at=wake_at)
+    await ex.commit([Event(data=waiting)])
     return rec
 
 
@@ -338,12 +332,15 @@ async def end_wait(ex: Execution, step_id: str, rec: StepRecord) -> Outcome:
 # -- nested workflows ----------------------------------------------------------------------
 def with_step_prefix(events: Sequence[Event], prefix: str) -> list[Event]:
     """A nested workflow's events as the parent's log holds them: step ids prefixed."""
-    return [
-        e.model_copy(update={"data": {**e.data, "step_id": prefix + e.data["step_id"]}})
-        if "step_id" in e.data
-        else e
-        for e in events
-    ]
+    return [_prefixed(e, prefix) for e in events]
+
+
+def _prefixed(event: Event, prefix: str) -> Event:
+    data = event.data
+    if not isinstance(data, StepData):
+        return event
+    named = msgspec.structs.replace(data, step_id=prefix + data.step_id)
+    return Event(data=named, sequence=event.sequence, timestamp=event.timestamp)
 
 
 __all__ = [

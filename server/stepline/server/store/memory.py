@@ -16,10 +16,10 @@ import itertools
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 from ..errors import LeaseLost, RunNotFound, StoreConflict
-from ..model import Event, RunStatus, Snapshot, SnapshotImage, assemble
+from ..events import Event, copy_event
+from ..model import RunStatus, Snapshot, SnapshotImage, assemble
 from .base import (
     CLAIM_GRACE,
     CreateOutcome,
@@ -36,8 +36,6 @@ from .base import (
 from .paging import decode_cursor, encode_cursor, matches
 
 __all__ = ["MemoryStore"]
-
-_Model = TypeVar("_Model", Snapshot, Event)
 
 
 @dataclass
@@ -191,7 +189,7 @@ class MemoryStore:
             raise ValueError("only an unheld write (expected_version) can take the lease")
         # Before any check, so that a value JSON cannot hold fails with nothing changed.
         image = SnapshotImage.of(snapshot)
-        stored_events = [_through_json(event) for event in events]
+        stored_events = [copy_event(event) for event in events]
         run = self._live(image.run_id)
         if run is None:
             raise RunNotFound(image.run_id)
@@ -211,7 +209,7 @@ class MemoryStore:
         cancel_requested = run.cancel
         run.store(image)
         for event in stored_events:
-            run.events.append(event.model_copy(update={"sequence": run.last_sequence + 1}))
+            run.events.append(event.with_sequence(run.last_sequence + 1))
         if self._max_events is not None and len(run.events) > self._max_events:
             dropped = len(run.events) - self._max_events
             del run.events[:dropped]
@@ -349,7 +347,7 @@ class MemoryStore:
             raise RunNotFound(run_id)
         # Sequence n sits at index n - 1 - trimmed.
         start = max(after - run.trimmed, 0)
-        return [event.model_copy(deep=True) for event in run.events[start : start + limit]]
+        return [copy_event(event) for event in run.events[start : start + limit]]
 
     # `timeout` is the Store interface's name for the bound.
     async def wait_events(self, run_id: str, after: int, timeout: float) -> list[Event]:
@@ -427,10 +425,6 @@ class MemoryStore:
         run = self._live(run_id)
         # Sequences, not list positions: a trimmed log holds fewer events than it numbers.
         return run is not None and run.last_sequence > after
-
-
-def _through_json(model: _Model) -> _Model:
-    return type(model).model_validate_json(model.model_dump_json())
 
 
 def _acquirable(status: RunStatus) -> bool:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
 from redis import exceptions as redis_errors
@@ -98,7 +98,7 @@ class RedisCore:
         return [self._keys.run(run_id), self._keys.events(run_id), self._keys.steps(run_id)]
 
     @staticmethod
-    def _scripted(script: AsyncScript, keys: list[str], args: list[str]) -> list[Arg]:
+    def _scripted(script: AsyncScript, keys: list[str], args: Sequence[Arg]) -> list[Arg]:
         """A script call by its digest alone (see `_pipeline`)."""
         return ["EVALSHA", script.sha, len(keys), *keys, *args]
 

@@ -23,7 +23,8 @@ from redis.commands.core import AsyncScript
 from redis.typing import KeyT, StreamIdT
 
 from ..errors import LeaseLost, RunNotFound, StoreConflict
-from ..model import Event, Snapshot, SnapshotImage, assemble
+from ..events import Event, decode_event, encode_event
+from ..model import Snapshot, SnapshotImage, assemble
 from . import scripts
 from .base import CLAIM_GRACE, CreateOutcome, Hold, Lease, Renewal, StoredRun, WriteOutcome
 from .keys import decode, encode
@@ -129,7 +130,7 @@ class RunOperations(RedisCore):
         settled = image.status.settled
         finished = image.status.finished
         item_keys, records = self._records(image)
-        args: list[str] = [
+        args: list[Arg] = [
             *guard,
             repr(time.time()),
             "1" if release else "0",
@@ -145,10 +146,7 @@ class RunOperations(RedisCore):
             repr(held_until),
             str(len(events)),
             # The sequence lives in the entry id, so it is left out of the entry.
-            *(
-                event.model_dump_json(exclude={"sequence"}, exclude_defaults=True)
-                for event in events
-            ),
+            *(encode_event(event) for event in events),
             *records,
         ]
 
@@ -357,17 +355,12 @@ def _indexed(records: dict[str, str]) -> dict[int, str]:
 
 def _raw_events(entries: Any) -> list[Event]:
     """Events from a raw XRANGE reply: [[entry id, [field, value]], ...]."""
-    return [
-        Event.model_validate_json(fields[1]).model_copy(update={"sequence": _sequence(entry_id)})
-        for entry_id, fields in entries or []
-    ]
+    return [decode_event(fields[1], _sequence(entry_id)) for entry_id, fields in entries or []]
 
 
 def _events(entries: Any) -> list[Event]:
     return [
-        Event.model_validate_json(fields[scripts.EVENT_FIELD]).model_copy(
-            update={"sequence": _sequence(entry_id)}
-        )
+        decode_event(fields[scripts.EVENT_FIELD], _sequence(entry_id))
         for entry_id, fields in entries or []
     ]
 
