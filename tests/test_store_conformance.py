@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
@@ -43,6 +44,7 @@ from stepline.server.store import (
     Store,
     StoredRun,
     WriteOutcome,
+    scripts,
 )
 from stepline.server.store.keys import Keys, encode
 from tests.engine_harness import data_of
@@ -869,6 +871,74 @@ async def test_a_full_write_replaces_the_records(store: Store) -> None:
     assert again.iterations == {"other": {3: iteration("z3")}}
 
 
+def with_nested(run_id: str = "run-1") -> Snapshot:
+    """A run whose nested workflow `child` (itself nesting `grand`) has records of its own:
+    steps, and a foreach's iterations."""
+    grand = Snapshot(run_id=run_id, workflow_id="grand", steps={"g": step("g")})
+    child = Snapshot(
+        run_id=run_id,
+        workflow_id="child",
+        steps={"c1": step("c1"), "each": step(None, StepStatus.RUNNING)},
+        step_execution_path=["c1", "each", "grand"],
+        iterations={"each": {0: iteration("i0")}},
+        children={"grand": grand},
+    )
+    return snapshot(
+        run_id,
+        status=RUNNING,
+        steps={"a": step(1), "child": step(None, StepStatus.RUNNING)},
+        step_execution_path=["a", "child"],
+        children={"child": child},
+    )
+
+
+async def test_nested_workflows_records_are_the_runs_own(store: Store) -> None:
+    """A nested workflow's records are kept as the run's ("child.step", at any depth): a full
+    write stores them, a change set naming one writes that one, and the run reads back
+    whole with each record in its nested snapshot."""
+    fence = await held(store)
+    snap = with_nested()
+    full = SnapshotImage.of(snap)
+    assert set(full.steps) == {"a", "child", "child.c1", "child.each", "child.grand.g"}
+    assert full.foreach_steps == ("child.each",)
+    blob = json.loads(full.json)  # the blob holds no record, at any depth
+    assert "steps" not in blob["children"]["child"]
+    assert "iterations" not in blob["children"]["child"]
+    assert "steps" not in blob["children"]["child"]["children"]["grand"]
+    await store.write(full, events("a"), fence=fence)
+    assert (await get(store)).snapshot == snap
+
+    changes = ChangeSet(full=False)
+    snap.children["child"].children["grand"].steps["g"] = step("g2")
+    changes.step("child.grand.g")
+    snap.children["child"].iterations["each"][1] = iteration("i1")
+    changes.item("child.each", 1)
+    snap.children["child"].steps["c1"] = step("not written")
+    image = SnapshotImage.of(snap, changes)
+    assert set(image.steps) == {"child.grand.g"}
+    await store.write(image, events("g"), fence=fence)
+
+    stored = (await get(store)).snapshot
+    assert stored.children["child"].children["grand"].steps == {"g": step("g2")}
+    assert stored.children["child"].iterations == {"each": {0: iteration("i0"), 1: iteration("i1")}}
+    assert stored.children["child"].steps["c1"] == step("c1")
+    assert list(stored.children["child"].steps) == ["c1", "each"]
+
+
+async def test_a_nested_workflow_dropped_whole_leaves_no_records(store: Store) -> None:
+    """A nested workflow run afresh (a loop's next iteration) drops its snapshot: the full
+    write that follows stores none of the old one's records."""
+    fence = await held(store)
+    snap = with_nested()
+    await store.write(snap, fence=fence)
+    del snap.children["child"]
+    await store.write(snap, fence=fence)
+
+    stored = (await get(store)).snapshot
+    assert stored.children == {} and set(stored.steps) == {"a", "child"}
+    assert stored.iterations == {}
+
+
 async def test_merged_images_store_both_change_sets(store: Store) -> None:
     """Group commit: two images waiting for one write store what each would have."""
     fence = await held(store)
@@ -1258,9 +1328,43 @@ async def test_a_run_of_the_first_layout_reads_and_is_rewritten_whole(redis_url:
 
         await store.write(lease.run.snapshot, events("b"), fence=lease.fence)
 
-        assert await admin.hget(keys.run("run-1"), "layout") == "2"
+        assert await admin.hget(keys.run("run-1"), "layout") == scripts.LAYOUT
         assert await admin.hkeys(keys.steps("run-1")) == ["a"]
         assert (await get(store)).snapshot == old
+    finally:
+        await store.close()
+        await admin.aclose()
+
+
+async def test_a_phase_1_run_with_nested_records_inline_reads_and_is_rewritten_whole(
+    redis_url: str,
+) -> None:
+    """A run of layout 2 keeps its nested workflows' records inside `snap`: it reads back
+    whole, asks for a full write (`records_apart`), and that write moves them out."""
+    store = RedisStore.from_url(redis_url, prefix=_prefix())
+    admin = Redis.from_url(redis_url, decode_responses=True)
+    keys = Keys(store._keys.prefix)
+    try:
+        fence = await held(store)
+        old = with_nested()
+        blob = old.model_dump_json(exclude={"steps", "iterations"}, exclude_defaults=True)
+        await store.write(snapshot(status=RUNNING), fence=fence)
+        await admin.hset(keys.run("run-1"), mapping={"snap": blob, "layout": "2"})
+        await admin.hset(keys.steps("run-1"), mapping={"a": step(1).model_dump_json()})
+        await admin.hset(
+            keys.steps("run-1"), "child", step(None, StepStatus.RUNNING).model_dump_json()
+        )
+
+        stored = await get(store)
+        assert stored.snapshot == old
+        assert not stored.records_apart
+
+        await store.write(stored.snapshot, events("b"), fence=fence)
+
+        assert await admin.hget(keys.run("run-1"), "layout") == scripts.LAYOUT
+        assert "child.grand.g" in await admin.hkeys(keys.steps("run-1"))
+        again = await get(store)
+        assert again.records_apart and again.snapshot == old
     finally:
         await store.close()
         await admin.aclose()

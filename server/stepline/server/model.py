@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -231,6 +231,15 @@ class ChangeSet:
             elif isinstance(data, StepData) and not isinstance(data, StepOutput):
                 self.step(data.step_id)
 
+    def adopt(self, nested: ChangeSet, prefix: str) -> None:
+        """Take over what a nested workflow's change set marks, its ids prefixed (the run
+        keeps a nested workflow's records as its own, "child.step"); `nested` is cleared."""
+        self.full = self.full or nested.full
+        self.steps.update(prefix + step_id for step_id in nested.steps)
+        for step_id, indexes in nested.items.items():
+            self.items.setdefault(prefix + step_id, set()).update(indexes)
+        nested.clear()
+
     def clear(self) -> None:
         self.full = False
         self.steps = set()
@@ -239,6 +248,37 @@ class ChangeSet:
 
 # The snapshot's fields kept as records of their own, outside its JSON (the run's "blob").
 _RECORD_FIELDS = {"steps", "iterations"}
+
+
+def _blob_exclude(snapshot: Snapshot) -> dict[str, Any]:
+    """What the blob leaves out: the records, at every depth of nested workflows."""
+    spec: dict[str, Any] = dict.fromkeys(_RECORD_FIELDS, True)
+    if snapshot.children:
+        spec["children"] = {
+            child_id: _blob_exclude(child) for child_id, child in snapshot.children.items()
+        }
+    return spec
+
+
+def _owner(snapshot: Snapshot, step_id: str) -> tuple[Snapshot, str] | None:
+    """The (nested) snapshot that keeps the record of `step_id` ("child.step" for a step of
+    the nested workflow `child`; ids never hold a dot otherwise), and the id it keeps it by.
+    None when that nested workflow has no snapshot."""
+    *parents, own = step_id.split(".")
+    for child_id in parents:
+        found = snapshot.children.get(child_id)
+        if found is None:
+            return None
+        snapshot = found
+    return snapshot, own
+
+
+def _nested(snapshot: Snapshot, prefix: str = "") -> Iterator[tuple[str, Snapshot]]:
+    """The snapshot and its nested workflows' at every depth, each with the prefix of its
+    records' ids ("" for the run's own, "child." for a nested workflow's)."""
+    yield prefix, snapshot
+    for child_id, child in snapshot.children.items():
+        yield from _nested(child, f"{prefix}{child_id}.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,27 +315,37 @@ class SnapshotImage:
         if isinstance(snapshot, SnapshotImage):
             return snapshot
         full = changes is None or changes.full
+        # Nested workflows' records are kept as the parent's, under "child.step" ids.
+        foreach_steps: list[str] = []
+        steps: dict[str, str] = {}
+        items: dict[str, dict[int, str]] = {}
         if full:
-            step_ids: Iterable[str] = snapshot.steps
-            item_ids: Mapping[str, Iterable[int]] = snapshot.iterations
+            for prefix, owner in _nested(snapshot):
+                for step_id, rec in owner.steps.items():
+                    steps[prefix + step_id] = rec.model_dump_json(exclude_defaults=True)
+                for step_id, kept in owner.iterations.items():
+                    foreach_steps.append(prefix + step_id)
+                    items[prefix + step_id] = {
+                        i: it.model_dump_json(exclude_defaults=True) for i, it in kept.items()
+                    }
         else:
             assert changes is not None
-            step_ids, item_ids = changes.steps, changes.items
-        steps = {
-            step_id: rec.model_dump_json(exclude_defaults=True)
-            for step_id in step_ids
-            if (rec := snapshot.steps.get(step_id)) is not None
-        }
-        items: dict[str, dict[int, str]] = {}
-        for step_id, indexes in item_ids.items():
-            kept = snapshot.iterations.get(step_id)
-            if kept is None:
-                continue  # a nested workflow's foreach: its records ride in `children`
-            items[step_id] = {
-                i: it.model_dump_json(exclude_defaults=True)
-                for i in indexes
-                if (it := kept.get(i)) is not None
-            }
+            for step_id in changes.steps:
+                found = _owner(snapshot, step_id)
+                changed = found[0].steps.get(found[1]) if found is not None else None
+                if changed is not None:
+                    steps[step_id] = changed.model_dump_json(exclude_defaults=True)
+            for step_id, indexes in changes.items.items():
+                found = _owner(snapshot, step_id)
+                iterations = found[0].iterations.get(found[1]) if found is not None else None
+                if iterations is not None:
+                    items[step_id] = {
+                        i: it.model_dump_json(exclude_defaults=True)
+                        for i in indexes
+                        if (it := iterations.get(i)) is not None
+                    }
+            for prefix, owner in _nested(snapshot):
+                foreach_steps.extend(prefix + step_id for step_id in owner.iterations)
         if changes is not None:
             changes.clear()
         return cls(
@@ -306,11 +356,14 @@ class SnapshotImage:
             request_id=snapshot.request_id,
             updated_at=snapshot.updated_at,
             # Fields at their defaults are left out: they load back the same, in fewer bytes.
-            json=snapshot.model_dump_json(exclude=_RECORD_FIELDS, exclude_defaults=True),
+            json=snapshot.model_dump_json(
+                exclude=_blob_exclude(snapshot) if snapshot.children else _RECORD_FIELDS,
+                exclude_defaults=True,
+            ),
             steps=steps,
             items=items,
             full=full,
-            foreach_steps=tuple(snapshot.iterations),
+            foreach_steps=tuple(foreach_steps),
         )
 
     def merged(self, later: SnapshotImage) -> SnapshotImage:
@@ -328,19 +381,38 @@ class SnapshotImage:
         return assemble(self.json, self.steps, self.items)
 
 
+def take_records(snapshot: Snapshot, source: Snapshot) -> None:
+    """Give `snapshot` (read from a blob, so without records) the records `source` holds, at
+    every depth of nested workflows both have."""
+    snapshot.steps, snapshot.iterations = source.steps, source.iterations
+    for child_id, child in snapshot.children.items():
+        if (kept := source.children.get(child_id)) is not None:
+            take_records(child, kept)
+
+
 def assemble(
     blob: str, steps: Mapping[str, str], items: Mapping[str, Mapping[int, str]]
 ) -> Snapshot:
     """A snapshot from its JSON and its records' JSON. Step records come in the order of the
     execution path (records off the path after, as given), whatever order a store kept."""
     snapshot = Snapshot.model_validate_json(blob)
-    if steps:
-        path = {step_id: i for i, step_id in enumerate(snapshot.step_execution_path)}
+    # Records by the (nested) snapshot that keeps them; a nested workflow's records whose
+    # snapshot is gone are left out (a later full write drops them).
+    owned: dict[int, tuple[Snapshot, dict[str, str]]] = {}
+    for step_id, record in steps.items():
+        found = _owner(snapshot, step_id) if "." in step_id else (snapshot, step_id)
+        if found is not None:
+            owned.setdefault(id(found[0]), (found[0], {}))[1][found[1]] = record
+    for owner, records in owned.values():
+        path = {step_id: i for i, step_id in enumerate(owner.step_execution_path)}
         last = len(path)
-        for step_id in sorted(steps, key=lambda s: path.get(s, last)):
-            snapshot.steps[step_id] = StepRecord.model_validate_json(steps[step_id])
+        for step_id in sorted(records, key=lambda s: path.get(s, last)):
+            owner.steps[step_id] = StepRecord.model_validate_json(records[step_id])
     for step_id, kept in items.items():
-        iterations = snapshot.iterations.setdefault(step_id, {})
+        found = _owner(snapshot, step_id) if "." in step_id else (snapshot, step_id)
+        if found is None:
+            continue
+        iterations = found[0].iterations.setdefault(found[1], {})
         for i in sorted(kept):
             iterations[i] = IterationRecord.model_validate_json(kept[i])
     return snapshot
@@ -362,5 +434,6 @@ __all__ = [
     "StepStatus",
     "SuspendedLeaf",
     "assemble",
+    "take_records",
     "now",
 ]

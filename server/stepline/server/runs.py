@@ -38,6 +38,7 @@ from .model import (
     SnapshotImage,
     StepRecord,
     now,
+    take_records,
 )
 from .reentry import rewind, travel_target
 from .resume_target import resume_target, split_path
@@ -327,7 +328,7 @@ class RunService:
             held = image.load()
         else:
             held = Snapshot.model_validate_json(image.json)
-            held.steps, held.iterations = claimed.steps, claimed.iterations
+            take_records(held, claimed)
         run = StoredRun(held, outcome.version, outcome.last_sequence, False, leased=True)
         runner.execute(Lease(run_id=claimed.run_id, fence=outcome.fence, run=run))
 

@@ -29,7 +29,9 @@ if TYPE_CHECKING:
 
 
 class ChildJournal:
-    """A nested workflow's transitions are the parent's: prefix the ids, write the parent."""
+    """A nested workflow's transitions are the parent's: prefix the ids, write the parent.
+    What the child's change set marks becomes the parent's, prefixed likewise, since the
+    parent keeps the nested workflow's records as its own ("child.step")."""
 
     def __init__(self, parent: Execution, step_id: str) -> None:
         self._parent = parent
@@ -44,6 +46,8 @@ class ChildJournal:
         wake_at: float | None = None,
         changes: ChangeSet | None = None,
     ) -> bool:
+        if changes is not None:
+            self._parent.changes.adopt(changes, self._prefix)
         await self._parent.commit(transitions.with_step_prefix(events, self._prefix))
         return False  # the shared cancel event already carries the parent's flag
 

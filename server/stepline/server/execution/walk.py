@@ -100,7 +100,10 @@ class Execution:
 
     def spawn(self, workflow: Workflow, snapshot: Snapshot, journal: Journal) -> Execution:
         """An execution of a nested workflow, canceled with this one."""
-        return Execution(workflow, snapshot, journal, cancel_event=self.cancel_event)
+        child = Execution(workflow, snapshot, journal, cancel_event=self.cancel_event)
+        # The run's own first commit of the pass was full; the child marks what it changes.
+        child.changes = ChangeSet(full=False)
+        return child
 
     # -- the run ---------------------------------------------------------------------------
     async def run(self) -> Snapshot:
@@ -203,8 +206,10 @@ class Execution:
         metadata = {"iteration_count": iteration} if iteration is not None else {}
         rec = await transitions.open_step(self, unit.id, position, payload, prior, resume, metadata)
         if isinstance(unit, Workflow):
-            if prior is None:  # a fresh run of the child (e.g. the next loop iteration)
-                self.snap.children.pop(unit.id, None)
+            # A fresh run of the child (e.g. the next loop iteration): the records of the
+            # earlier one go with its snapshot, which takes a full write.
+            if prior is None and self.snap.children.pop(unit.id, None) is not None:
+                self.changes.full = True
             return await run_child(self, unit, position, rec, resume)
         attempt = await run_attempts(self, unit, payload, rec.resume_payload, rec.suspend_payload)
         return await transitions.close(self, unit.id, position, rec, attempt)

@@ -30,8 +30,10 @@ EVENT_FIELD = "e"
 # before step records left `snap` (its steps and iterations are inside `snap`); `ikeys` lists
 # the encoded step ids of the run's foreach iteration hashes, space-separated.
 RUN_FIELDS = ["snap", "ver", "seq", "cancel", "lease_owner", "lease_until", "layout", "ikeys"]
-# The `layout` of a run whose records are hashes of their own.
-LAYOUT = "2"
+# The `layout` of a run whose records are hashes of their own, its nested workflows' too
+# (as "child.step"). "2" (phase 1) kept nested workflows' records inside `snap`; such a run
+# reads as it is and is written whole (`StoredRun.records_apart`), which moves them out.
+LAYOUT = "3"
 
 _PRELUDE = (
     f"local LAYOUT = '{LAYOUT}'\n"
