@@ -122,7 +122,12 @@ class ScriptedService(RunService):
         return self.run
 
     async def watch(
-        self, run_id: str, *, after_sequence: int = 0, keep_open_on_suspend: bool = False
+        self,
+        run_id: str,
+        *,
+        after_sequence: int = 0,
+        keep_open_on_suspend: bool = False,
+        fresh: bool = False,
     ) -> AsyncIterator[Event]:
         self._raise()
         self.watch_cursors.append(after_sequence)

@@ -41,6 +41,7 @@ from stepline.server.store import (
     MemoryStore,
     RedisStore,
     RunFilter,
+    RunHead,
     Store,
     StoredRun,
     WriteOutcome,
@@ -445,13 +446,24 @@ async def test_wait_events_returns_nothing_on_timeout(store: Store) -> None:
 
 async def test_first_kept_sequence_is_one_when_nothing_was_trimmed(store: Store) -> None:
     fence = await held(store)
-    assert await store.first_kept_sequence("run-1") == 1
+    assert (await store.head("run-1")).first_kept_sequence == 1
 
     await store.write(snapshot(status=RUNNING), events("a", "b", "c"), fence=fence)
 
-    assert await store.first_kept_sequence("run-1") == 1
+    assert (await store.head("run-1")).first_kept_sequence == 1
     with pytest.raises(RunNotFound):
-        await store.first_kept_sequence("missing")
+        await store.head("missing")
+
+
+async def test_head_says_status_and_sequences_without_reading_the_run(store: Store) -> None:
+    fence = await held(store)
+    await store.write(with_records(), events("a", "b"), fence=fence)
+
+    head = await store.head("run-1")
+
+    assert (head.status, head.last_sequence, head.first_kept_sequence) == (RUNNING, 2, 1)
+    await store.write(snapshot(status=SUCCESS), events("c"), fence=fence, release=True)
+    assert await store.head("run-1") == RunHead(SUCCESS, 3, 1)
 
 
 # -- leases ----------------------------------------------------------------------------------
@@ -973,7 +985,7 @@ async def test_delete_removes_the_run_everywhere(store: Store) -> None:
     with pytest.raises(RunNotFound):
         await store.read_events("run-1", 0)
     with pytest.raises(RunNotFound):
-        await store.first_kept_sequence("run-1")
+        await store.head("run-1")
     for filter in (RunFilter(), RunFilter(workflow_id="wf")):
         assert [row.run_id for row in (await store.list_runs(filter, 10, "")).rows] == ["other"]
     with pytest.raises(RunNotFound):
@@ -1080,7 +1092,7 @@ async def test_the_log_keeps_the_latest_events(limited_store: Store) -> None:
             snapshot(status=RUNNING), events(f"s{step}"), fence=fence
         )
     assert outcome.last_sequence == 8
-    assert await limited_store.first_kept_sequence("run-1") == 8 - KEPT_EVENTS + 1
+    assert (await limited_store.head("run-1")).first_kept_sequence == 8 - KEPT_EVENTS + 1
     kept = await limited_store.read_events("run-1", 0)
     assert [e.sequence for e in kept] == [4, 5, 6, 7, 8]
     assert step_ids(kept) == ["s4", "s5", "s6", "s7", "s8"]

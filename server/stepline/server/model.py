@@ -434,6 +434,6 @@ __all__ = [
     "StepStatus",
     "SuspendedLeaf",
     "assemble",
-    "take_records",
     "now",
+    "take_records",
 ]

@@ -387,12 +387,21 @@ class RunService:
         return stored
 
     def watch(
-        self, run_id: str, *, after_sequence: int = 0, keep_open_on_suspend: bool = False
+        self,
+        run_id: str,
+        *,
+        after_sequence: int = 0,
+        keep_open_on_suspend: bool = False,
+        fresh: bool = False,
     ) -> AsyncIterator[Event]:
         """Replay events after `after_sequence`, then tail until the run settles (finishes,
-        or suspends unless keep_open_on_suspend). Raises RunNotFound, CursorExpired."""
+        or suspends unless keep_open_on_suspend). Raises RunNotFound, CursorExpired.
+        `fresh`: this call just created or claimed the run at `after_sequence`."""
         return self._tail.watch(
-            run_id, after_sequence=after_sequence, keep_open_on_suspend=keep_open_on_suspend
+            run_id,
+            after_sequence=after_sequence,
+            keep_open_on_suspend=keep_open_on_suspend,
+            fresh=fresh,
         )
 
     async def list_runs(self, filter: RunFilter, *, page_size: int, page_token: str) -> Page:

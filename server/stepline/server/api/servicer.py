@@ -42,10 +42,18 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
         self._service = service
 
     async def _events(
-        self, run_id: str, *, after_sequence: int, keep_open_on_suspend: bool
+        self,
+        run_id: str,
+        *,
+        after_sequence: int,
+        keep_open_on_suspend: bool,
+        fresh: bool = False,
     ) -> AsyncGenerator[event_pb2.RunEvent, None]:
         events = self._service.watch(
-            run_id, after_sequence=after_sequence, keep_open_on_suspend=keep_open_on_suspend
+            run_id,
+            after_sequence=after_sequence,
+            keep_open_on_suspend=keep_open_on_suspend,
+            fresh=fresh,
         )
         async for event in events:
             yield convert.run_event(run_id, event)
@@ -76,7 +84,10 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
     ) -> AsyncGenerator[pb.StreamResponse, None]:
         started = await self._service.start(convert.start_params(request))
         events = self._events(
-            started.run_id, after_sequence=0, keep_open_on_suspend=request.keep_open_on_suspend
+            started.run_id,
+            after_sequence=0,
+            keep_open_on_suspend=request.keep_open_on_suspend,
+            fresh=started.created,
         )
         async for event in events:
             yield pb.StreamResponse(event=event)
@@ -110,6 +121,7 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
             resumed.run_id,
             after_sequence=resumed.after_sequence,
             keep_open_on_suspend=request.keep_open_on_suspend,
+            fresh=True,
         )
         async for event in events:
             yield pb.ResumeStreamResponse(event=event)
@@ -145,7 +157,10 @@ class WorkflowServicer(workflow_service_pb2_grpc.WorkflowServiceServicer):
     ) -> AsyncGenerator[pb.TimeTravelStreamResponse, None]:
         traveled = await self._service.time_travel(convert.time_travel_params(request))
         events = self._events(
-            traveled.run_id, after_sequence=traveled.after_sequence, keep_open_on_suspend=False
+            traveled.run_id,
+            after_sequence=traveled.after_sequence,
+            keep_open_on_suspend=False,
+            fresh=True,
         )
         async for event in events:
             yield pb.TimeTravelStreamResponse(event=event)

@@ -45,6 +45,15 @@ class StoredRun:
 
 
 @dataclass(frozen=True)
+class RunHead:
+    status: RunStatus
+    last_sequence: int
+    # The lowest sequence still stored: 1 unless the log was trimmed (a store made with
+    # `max_events` keeps only that many of a run's latest events); last + 1 when empty.
+    first_kept_sequence: int
+
+
+@dataclass(frozen=True)
 class CreateOutcome:
     created: bool
     # The stored run: the new one, or the one that already had this run id.
@@ -230,9 +239,9 @@ class Store(Protocol):
         one event exists after `after`; returns [] on timeout."""
         ...
 
-    async def first_kept_sequence(self, run_id: str) -> int:
-        """The lowest sequence still stored (1 unless the log was trimmed: a store made with
-        `max_events` keeps only that many of a run's latest events)."""
+    async def head(self, run_id: str) -> RunHead:
+        """What a watch needs of a run, without reading its snapshot: its status, last
+        sequence and lowest sequence still stored. Raises RunNotFound."""
         ...
 
     async def list_runs(self, filter: RunFilter, limit: int, cursor: str) -> Page:

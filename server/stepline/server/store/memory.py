@@ -28,6 +28,7 @@ from .base import (
     Page,
     Renewal,
     RunFilter,
+    RunHead,
     RunRow,
     StoredRun,
     WorkItem,
@@ -361,12 +362,12 @@ class MemoryStore:
             return []
         return await self.read_events(run_id, after)
 
-    async def first_kept_sequence(self, run_id: str) -> int:
+    async def head(self, run_id: str) -> RunHead:
         run = self._live(run_id)
         if run is None:
             raise RunNotFound(run_id)
         # "last + 1" of an empty log is 1 as well.
-        return run.trimmed + 1
+        return RunHead(run.status, run.last_sequence, run.trimmed + 1)
 
     async def list_runs(self, filter: RunFilter, limit: int, cursor: str) -> Page:
         if limit < 1:

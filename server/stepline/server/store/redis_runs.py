@@ -24,9 +24,18 @@ from redis.typing import KeyT, StreamIdT
 
 from ..errors import LeaseLost, RunNotFound, StoreConflict
 from ..events import Event, decode_event, encode_event
-from ..model import Snapshot, SnapshotImage, assemble
+from ..model import RunStatus, Snapshot, SnapshotImage, assemble
 from . import scripts
-from .base import CLAIM_GRACE, CreateOutcome, Hold, Lease, Renewal, StoredRun, WriteOutcome
+from .base import (
+    CLAIM_GRACE,
+    CreateOutcome,
+    Hold,
+    Lease,
+    Renewal,
+    RunHead,
+    StoredRun,
+    WriteOutcome,
+)
 from .keys import decode, encode
 from .redis_core import RedisCore, block_ms, reachable
 from .redis_queue import queue_entry
@@ -313,19 +322,20 @@ class RunOperations(RedisCore):
         streams_read = cast(list[tuple[str, Any]] | None, reply)
         return [event for _stream, entries in streams_read or [] for event in _events(entries)]
 
-    async def first_kept_sequence(self, run_id: str) -> int:
+    async def head(self, run_id: str) -> RunHead:
         replies = await self._pipeline(
             [
                 ["MULTI"],
-                ["HGET", self._keys.run(run_id), "seq"],
+                ["HMGET", self._keys.run(run_id), "status", "seq"],
                 ["XRANGE", self._keys.events(run_id), "-", "+", "COUNT", 1],
                 ["EXEC"],
             ]
         )
-        last, first = replies[-1]
+        (status, last), first = replies[-1]
         if last is None:
             raise RunNotFound(run_id)
-        return _sequence(first[0][0]) if first else int(last) + 1
+        first_kept = _sequence(first[0][0]) if first else int(last) + 1
+        return RunHead(RunStatus(status), int(last), first_kept)
 
 
 def _stored(reply: Sequence[Any], now: float) -> StoredRun:
