@@ -20,13 +20,14 @@ import multiprocessing
 import socket
 import statistics
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 import psutil
 from google.protobuf import struct_pb2, timestamp_pb2
 
-from stepline.v1 import run_pb2, workflow_service_pb2_grpc
+from stepline.v1 import event_pb2, run_pb2, workflow_service_pb2_grpc
 from stepline.v1 import workflow_service_pb2 as pb
 
 CHANNELS = 4
@@ -59,6 +60,16 @@ def canned_response() -> pb.StartResponse:
     return pb.StartResponse(result=result)
 
 
+def canned_events() -> list[pb.StreamResponse]:
+    """The eight events of a `bench_add3` run as a Stream sends them."""
+    out = [pb.StreamResponse(event=event_pb2.RunEvent(run_id="r", sequence=1))]
+    for i in range(3):
+        out.append(pb.StreamResponse(event=event_pb2.RunEvent(run_id="r", sequence=2 + 2 * i)))
+        out.append(pb.StreamResponse(event=event_pb2.RunEvent(run_id="r", sequence=3 + 2 * i)))
+    out.append(pb.StreamResponse(event=event_pb2.RunEvent(run_id="r", sequence=8)))
+    return out
+
+
 def _serve(port: int, ready: Any) -> None:
     import uvloop
 
@@ -67,6 +78,12 @@ def _serve(port: int, ready: Any) -> None:
     async def start(request: pb.StartRequest, context: Any) -> pb.StartResponse:
         return reply
 
+    events = canned_events()
+
+    async def stream(request: pb.StreamRequest, context: Any) -> AsyncIterator[pb.StreamResponse]:
+        for event in events:
+            yield event
+
     handler = grpc.method_handlers_generic_handler(
         "stepline.v1.WorkflowService",
         {
@@ -74,7 +91,12 @@ def _serve(port: int, ready: Any) -> None:
                 start,
                 request_deserializer=pb.StartRequest.FromString,
                 response_serializer=pb.StartResponse.SerializeToString,
-            )
+            ),
+            "Stream": grpc.unary_stream_rpc_method_handler(
+                stream,
+                request_deserializer=pb.StreamRequest.FromString,
+                response_serializer=pb.StreamResponse.SerializeToString,
+            ),
         },
     )
 
@@ -113,6 +135,16 @@ async def _drive(
         await stubs[0].Start(request)
         latencies.append(time.perf_counter() - began)
 
+    firsts, finishes = [], []
+    for _ in range(calls // 4):
+        began = time.perf_counter()
+        first = None
+        async for _reply in stubs[0].Stream(pb.StreamRequest(workflow_id="bench_add3")):
+            if first is None:
+                first = time.perf_counter() - began
+        firsts.append(first or 0.0)
+        finishes.append(time.perf_counter() - began)
+
     before = server.cpu_times()
     queue = iter(range(calls))
 
@@ -129,6 +161,8 @@ async def _drive(
     cpu = (after.user + after.system - before.user - before.system) / calls
     return {
         "seq_p50_ms": round(statistics.median(latencies) * 1000, 4),
+        "stream_first_p50_ms": round(statistics.median(firsts) * 1000, 4),
+        "stream_finish_p50_ms": round(statistics.median(finishes) * 1000, 4),
         "conc_calls_per_s": round(calls / elapsed, 1),
         "server_cpu_us_per_call": round(cpu * 1e6, 1),
     }
@@ -160,6 +194,8 @@ def main() -> None:
             f"{figures['conc_calls_per_s']:,.0f} calls/s",
         ),
         ("server CPU per call", f"{figures['server_cpu_us_per_call']:.0f} us"),
+        ("bare Stream of 8 events, first p50", f"{figures['stream_first_p50_ms']:.3f} ms"),
+        ("bare Stream of 8 events, last p50", f"{figures['stream_finish_p50_ms']:.3f} ms"),
     ]
     for name, value in [("figure", "value"), *rows]:
         print(f"{name:<40} {value}")
