@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, cast
 
 from redis import exceptions as redis_errors
@@ -74,6 +74,9 @@ class RedisCore:
         self._release = client.register_script(scripts.RELEASE)
         self._request_cancel = client.register_script(scripts.REQUEST_CANCEL)
         self._delete = client.register_script(scripts.DELETE)
+        self._compact_read = client.register_script(scripts.COMPACT_READ)
+        self._compact = client.register_script(scripts.COMPACT)
+        self._expand = client.register_script(scripts.EXPAND)
         self._scripts = [
             self._create,
             self._write,
@@ -84,6 +87,9 @@ class RedisCore:
             self._release,
             self._request_cancel,
             self._delete,
+            self._compact_read,
+            self._compact,
+            self._expand,
         ]
         # The short commands of the run path go through one pipelining connection.
         self._fast = Pipelined.like(client, command_timeout=self._grace)
@@ -98,7 +104,7 @@ class RedisCore:
         return [self._keys.run(run_id), self._keys.events(run_id), self._keys.steps(run_id)]
 
     @staticmethod
-    def _scripted(script: AsyncScript, keys: list[str], args: list[str]) -> list[Arg]:
+    def _scripted(script: AsyncScript, keys: list[str], args: Sequence[Arg]) -> list[Arg]:
         """A script call by its digest alone (see `_pipeline`)."""
         return ["EVALSHA", script.sha, len(keys), *keys, *args]
 

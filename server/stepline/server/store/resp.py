@@ -81,7 +81,11 @@ class _Batch:
 class _Protocol(asyncio.Protocol):
     def __init__(self, owner: Pipelined) -> None:
         self._owner = owner
-        self._reader = hiredis.Reader(encoding="utf-8", replyError=redis_errors.ResponseError)
+        # A compacted run's blob is binary: its bytes that are not UTF-8 come back as lone
+        # surrogates, and `str.encode("utf-8", "surrogateescape")` gives the bytes back.
+        self._reader = hiredis.Reader(
+            encoding="utf-8", errors="surrogateescape", replyError=redis_errors.ResponseError
+        )
 
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)

@@ -1,0 +1,91 @@
+"""The blob of a compacted run (layout 3): everything a finished run keeps besides its header
+fields, in one deflated string key (`<run key>:z`).
+
+It holds the snapshot JSON without records, the step records, the iteration records of each
+foreach, and the event log as the stream held it: each entry's JSON (without its sequence)
+and the sequence of the first one kept, the others following densely. Strings are taken from
+the run's keys and given back byte for byte, so compacting and expanding parse nothing.
+
+Inside the deflate stream the parts are netstrings (`<length>:<bytes>`), in this order: the
+format, the snapshot, the first kept sequence, the step count and per step its id and record,
+the foreach count and per foreach its step id, its record count and per record its index and
+record, the event count and the events.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+__all__ = ["Compacted", "CorruptBlob", "pack", "unpack"]
+
+_FORMAT = b"1"
+# zlib's default trade-off: level 9 gains a few bytes for a run like a 3-step chain.
+_LEVEL = 6
+
+
+class CorruptBlob(ValueError):
+    """A compacted run's blob that does not read back (never written by `pack`)."""
+
+
+@dataclass(frozen=True)
+class Compacted:
+    # The snapshot's JSON without step records and iterations.
+    snap: str
+    # Step id -> StepRecord JSON.
+    steps: dict[str, str]
+    # Foreach step id -> iteration index -> IterationRecord JSON.
+    items: dict[str, dict[int, str]]
+    # The sequence of `events[0]` (of the next event when the log is empty).
+    first: int
+    # The stream entries' JSON, in order; their sequences are dense from `first`.
+    events: list[str]
+
+    @property
+    def last(self) -> int:
+        return self.first + len(self.events) - 1
+
+
+def pack(run: Compacted) -> bytes:
+    parts: list[str] = [run.snap, str(run.first), str(len(run.steps))]
+    for step_id, record in run.steps.items():
+        parts += [step_id, record]
+    parts.append(str(len(run.items)))
+    for step_id, kept in run.items.items():
+        parts += [step_id, str(len(kept))]
+        for index, record in kept.items():
+            parts += [str(index), record]
+    parts.append(str(len(run.events)))
+    parts += run.events
+    raw = [_FORMAT] + [part.encode() for part in parts]
+    return zlib.compress(b"".join(b"%d:%s" % (len(part), part) for part in raw), _LEVEL)
+
+
+def unpack(blob: bytes) -> Compacted:
+    try:
+        raw = zlib.decompress(blob)
+        parts = _netstrings(raw)
+        if next(parts) != _FORMAT.decode():
+            raise CorruptBlob("unknown compacted run format")
+        snap, first = next(parts), int(next(parts))
+        steps = {next(parts): next(parts) for _ in range(int(next(parts)))}
+        items: dict[str, dict[int, str]] = {}
+        for _ in range(int(next(parts))):
+            step_id = next(parts)
+            items[step_id] = {int(next(parts)): next(parts) for _ in range(int(next(parts)))}
+        events = [next(parts) for _ in range(int(next(parts)))]
+    except (zlib.error, ValueError, StopIteration, UnicodeDecodeError) as err:
+        raise CorruptBlob(f"a compacted run does not read back: {err}") from err
+    return Compacted(snap=snap, steps=steps, items=items, first=first, events=events)
+
+
+def _netstrings(raw: bytes) -> Iterator[str]:
+    at = 0
+    while at < len(raw):
+        colon = raw.index(b":", at)
+        end = colon + 1 + int(raw[at:colon])
+        if end > len(raw):
+            raise ValueError("truncated part")
+        yield raw[colon + 1 : end].decode()
+        at = end
