@@ -9,7 +9,10 @@ the run's keys and given back byte for byte, so compacting and expanding parse n
 Inside the deflate stream the parts are netstrings (`<length>:<bytes>`), in this order: the
 format, the snapshot, the first kept sequence, the step count and per step its id and record,
 the foreach count and per foreach its step id, its record count and per record its index and
-record, the event count and the events.
+record, the event count and the events. Deflate starts from a preset dictionary of the
+engine's JSON vocabulary (event types and keys, record and snapshot keys), which takes a
+3-step run's blob from about 460 to 340 bytes. The dictionary belongs to the format: a blob
+names it by its checksum, and changing it means a new format.
 """
 
 from __future__ import annotations
@@ -23,6 +26,27 @@ __all__ = ["Compacted", "CorruptBlob", "pack", "unpack"]
 _FORMAT = b"1"
 # zlib's default trade-off: level 9 gains a few bytes for a run like a 3-step chain.
 _LEVEL = 6
+# Deflate's preset dictionary of format 1 (never to change: see above). The most frequent
+# strings come last, where matches are nearest.
+_DICTIONARY = (
+    b'{"type":"workflow-canceled","data":{}}{"type":"workflow-paused","data":{}}'
+    b'{"type":"step-waiting","data":{"step_id":"","payload":,"started_at":1,"wake_at":1'
+    b'{"type":"step-suspended","data":{"step_id":"","payload":,"suspend_payload":,"labels":["'
+    b'"suspended_at":1'
+    b'{"type":"step-progress","data":{"step_id":"","completed_count":,"total_count":,'
+    b'"current_index":,"iteration_status":"success","iteration_output":'
+    b'{"type":"step-output","data":{"step_id":"","output":'
+    b'"status":"failed","error":{"message":"","name":"'
+    b'{"run_id":"","workflow_id":"","status":"success","resource_id":"","request_id":"",'
+    b'"input":,"state":{},"step_execution_path":["'
+    b'"result":,"created_at":1,"updated_at":1'
+    b'{"status":"success","payload":,"output":,"started_at":1,"ended_at":1,"attempts":1}'
+    b'{"type":"workflow-start","data":{"workflow_id":"","reason":"start"},"timestamp":1'
+    b'{"type":"step-start","data":{"step_id":"","payload":,"started_at":1},"timestamp":1'
+    b'{"type":"step-result","data":{"step_id":"","status":"success","started_at":1,'
+    b'"ended_at":1,"attempts":1,"payload":,"output":},"timestamp":1'
+    b'{"type":"workflow-finish","data":{"status":"success","result":},"timestamp":1'
+)
 
 
 class CorruptBlob(ValueError):
@@ -59,12 +83,17 @@ def pack(run: Compacted) -> bytes:
     parts.append(str(len(run.events)))
     parts += run.events
     raw = [_FORMAT] + [part.encode() for part in parts]
-    return zlib.compress(b"".join(b"%d:%s" % (len(part), part) for part in raw), _LEVEL)
+    deflate = zlib.compressobj(_LEVEL, zdict=_DICTIONARY)
+    body = b"".join(b"%d:%s" % (len(part), part) for part in raw)
+    return deflate.compress(body) + deflate.flush()
 
 
 def unpack(blob: bytes) -> Compacted:
     try:
-        raw = zlib.decompress(blob)
+        inflate = zlib.decompressobj(zdict=_DICTIONARY)
+        raw = inflate.decompress(blob) + inflate.flush()
+        if not inflate.eof:
+            raise ValueError("truncated blob")
         parts = _netstrings(raw)
         if next(parts) != _FORMAT.decode():
             raise CorruptBlob("unknown compacted run format")

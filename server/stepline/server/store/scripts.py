@@ -320,9 +320,11 @@ return {1, read_run(KEYS[1], KEYS[3]), redis.call('XRANGE', KEYS[2], '-', '+')}
 )
 
 # KEYS: run hash, events stream, steps hash, blob. ARGV: the version read, the blob.
-# Only if the run is still finished, of layout 2 and at that version: stores the blob with
-# the header's remaining time to live, deletes the stream, the record hashes and `snap`,
-# drops the lease and cancel fields at their defaults, and sets `layout` to COMPACTED.
+# Only if the run is still finished, of layout 2 and at that version: stores the blob,
+# deletes the stream and the record hashes, and writes the header again without `snap` and
+# `ikeys`, without the lease and cancel fields at their defaults, with `layout` COMPACTED.
+# (A hash that outgrew the small encoding keeps the big one when fields leave it, so the
+# header is written anew.) Both keys get the header's remaining time to live.
 # Returns 1 when compacted, else 0.
 COMPACT = (
     _PRELUDE
@@ -330,17 +332,32 @@ COMPACT = (
 local run = redis.call('HMGET', KEYS[1], 'ver', 'layout', 'status', 'lease_owner', 'cancel',
   'ikeys')
 if run[1] ~= ARGV[1] or run[2] ~= LAYOUT or not FINISHED[run[3]] then return 0 end
+local dropped = {snap = true, ikeys = true, layout = true}
+if run[4] == '' then
+  dropped.lease_owner = true
+  dropped.lease_until = true
+end
+if run[5] == '0' then dropped.cancel = true end
+local ttl = redis.call('PTTL', KEYS[1])
+local fields = redis.call('HGETALL', KEYS[1])
+local kept = {'layout', COMPACTED}
+for i = 1, #fields, 2 do
+  if not dropped[fields[i]] then
+    kept[#kept + 1] = fields[i]
+    kept[#kept + 1] = fields[i + 1]
+  end
+end
 local doomed = item_keys(KEYS[1], run[6])
+doomed[#doomed + 1] = KEYS[1]
 doomed[#doomed + 1] = KEYS[2]
 doomed[#doomed + 1] = KEYS[3]
 redis.call('DEL', unpack(doomed))
+redis.call('HSET', KEYS[1], unpack(kept))
 redis.call('SET', KEYS[4], ARGV[2])
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl > 0 then redis.call('PEXPIRE', KEYS[4], ttl) end
-redis.call('HDEL', KEYS[1], 'snap', 'ikeys')
-if run[4] == '' then redis.call('HDEL', KEYS[1], 'lease_owner', 'lease_until') end
-if run[5] == '0' then redis.call('HDEL', KEYS[1], 'cancel') end
-redis.call('HSET', KEYS[1], 'layout', COMPACTED)
+if ttl > 0 then
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('PEXPIRE', KEYS[4], ttl)
+end
 return 1
 """
 )
