@@ -58,14 +58,20 @@ def _pack(command: Sequence[Arg]) -> bytes:
 
 
 def _reply(value: Any) -> Any:
-    """hiredis hands an error reply back as a ResponseError; give it its precise type."""
-    if isinstance(value, redis_errors.ResponseError):
-        message = str(value)
-        kind = _ERRORS.get(message.split(" ", 1)[0])
-        return kind(message) if kind is not None else value
+    """hiredis hands an error reply back as a ResponseError; give it its precise type, in a
+    reply or directly inside one (EXEC's replies). Deeper arrays are script results, which
+    are walked no further: a run's whole records can be thousands of strings."""
     if isinstance(value, list):
-        return [_reply(item) for item in value]
-    return value
+        return [
+            _error(item) if isinstance(item, redis_errors.ResponseError) else item for item in value
+        ]
+    return _error(value) if isinstance(value, redis_errors.ResponseError) else value
+
+
+def _error(error: redis_errors.ResponseError) -> redis_errors.ResponseError:
+    message = str(error)
+    kind = _ERRORS.get(message.split(" ", 1)[0])
+    return kind(message) if kind is not None else error
 
 
 @dataclass
