@@ -147,6 +147,18 @@ async def test_time_travel_of_a_compacted_run_keeps_its_whole_log(kept: Deployme
     assert await _watch(kept.client, run.run_id) == log
 
 
+async def test_a_start_with_the_request_id_of_a_compacted_run_returns_that_run(
+    kept: Deployment,
+) -> None:
+    first = await kept.client.start("sequence", {"value": 1}, request_id="req", timeout=BOUND)
+    await kept.compacted(first.run_id)
+
+    retry = await kept.client.start_async("sequence", {"value": 1}, request_id="req")
+
+    assert (retry.run_id, retry.created) == (first.run_id, False)
+    assert (await kept.client.get_result(first.run_id)).result == first.result
+
+
 async def test_deleting_a_compacted_run_leaves_no_key(kept: Deployment) -> None:
     run = await kept.client.start("fanout", {"items": [1, 2]}, timeout=BOUND)
     await kept.compacted(run.run_id)
