@@ -185,7 +185,8 @@ _ENCODED = r"(?:[A-Za-z0-9_.~-]|%[0-9A-F]{2})+|%"
 
 async def _keys_are_namespaced(state: Hostile) -> None:
     prefix = re.escape(state.prefix)
-    run_key = re.compile(rf"{prefix}:run:\{{({_ENCODED})\}}(:events|:steps|:z|:items:({_ENCODED}))?")
+    suffix = rf"(:events|:steps|:z|:items:({_ENCODED}))?"
+    run_key = re.compile(rf"{prefix}:run:\{{({_ENCODED})\}}{suffix}")
     own = rf"queue|timers|watchdog|compact|cancel|idx:all|idx:(wf|res):({_ENCODED})"
     other = re.compile(rf"{prefix}:({own})")
     keys = [k.decode() if isinstance(k, bytes) else k for k in await state.admin.keys("*")]
