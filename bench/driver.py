@@ -40,6 +40,9 @@ STREAMS_PER_CHANNEL = 250  # well under the server's 1,000 streams per connectio
 # W9 reads the result of a 100,000-item foreach: several MB (bench/run.py raises the server's
 # --max-message-bytes to match).
 MAX_MESSAGE_BYTES = 256 * MB
+# W7 measures Redis once housekeeping has compacted the finished runs (their `compact` set is
+# empty), waiting at most this long.
+COMPACTION_WAIT = 300.0
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -169,6 +172,20 @@ def rpc_detail(error: BaseException) -> str:
 
 
 # -- the driver --------------------------------------------------------------------------------
+
+
+async def _compacted(client: aioredis.Redis) -> float | None:
+    """Wait until every `compact` set (one per key prefix) is empty; the seconds waited, or
+    None when the wait ran out (a server without compaction has no such set)."""
+    started = time.monotonic()
+    while time.monotonic() - started < COMPACTION_WAIT:
+        waiting = 0
+        async for key in client.scan_iter(match="*:compact", _type="zset"):
+            waiting += int(await client.zcard(key))
+        if not waiting:
+            return round(time.monotonic() - started, 1)
+        await asyncio.sleep(0.5)
+    return None
 
 
 class Driver:
@@ -535,6 +552,7 @@ class Driver:
             rewrites_before = persistence.get("aof_rewrites")
             stored_before = self.stored_runs
             filled = await self.backlog(c.w7_runs, c.populate_concurrency)
+            compaction_wait = await _compacted(client)
             rss_after = server.memory_info().rss
             info = await client.info("memory")
             persistence = await client.info("persistence")
@@ -549,6 +567,7 @@ class Driver:
         return {
             "runs": filled["finished"],
             "populate_runs_per_s": filled["drain_runs_per_s"],
+            "compaction_wait_s": compaction_wait,
             "rss_before_mb": round(rss_before / MB, 2),
             "rss_after_mb": round(rss_after / MB, 2),
             "rss_growth_mb": round((rss_after - rss_before) / MB, 2),

@@ -1,5 +1,5 @@
 """Check every run against the store itself (the run hash and its event stream in Redis, read
-raw) and against what its caller saw.
+raw; for a run compacted by housekeeping, its blob) and against what its caller saw.
 
 Per run:
 - lost: no run hash, or the run never reached a final status;
@@ -23,8 +23,10 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
 
+from stepline.server.store import scripts
+from stepline.server.store.compacted import unpack
 from stepline.server.store.keys import Keys
 
 from . import flows
@@ -114,17 +116,43 @@ async def verify(
         pipe = redis.pipeline(transaction=False)
         for outcome in batch:
             run_id, workflow_id = outcome.spec.run_id, outcome.spec.workflow_id
-            pipe.hmget(keys.run(run_id), ["snap", "status", "seq"])
+            pipe.hmget(keys.run(run_id), ["snap", "status", "seq", "layout"])
             pipe.xrange(keys.events(run_id))
             pipe.zscore(keys.index_all, run_id)
             pipe.zscore(keys.index_workflow(workflow_id), run_id)
         replies = await pipe.execute()
-        for i, outcome in enumerate(batch):
-            fields, entries, listed_all, listed_wf = replies[4 * i : 4 * i + 4]
-            _check(verdict, outcome, fields, entries, None not in (listed_all, listed_wf))
+        read = [replies[4 * i : 4 * i + 4] for i in range(len(batch))]
+        await _expand(redis, keys, batch, read)
+        for outcome, (fields, entries, listed_all, listed_wf) in zip(batch, read, strict=True):
+            _check(verdict, outcome, fields[:3], entries, None not in (listed_all, listed_wf))
     if check_extra:
         verdict.merge(await extra_runs(redis, prefix, {o.spec.run_id for o in outcomes}))
     return verdict
+
+
+async def _expand(
+    redis: Redis, keys: Keys, batch: Sequence[Outcome], read: list[list[Any]]
+) -> None:
+    """Put a compacted run's snapshot and log (its blob) where an uncompacted run has them."""
+    compacted = [i for i, (fields, *_rest) in enumerate(read) if fields[3] == scripts.COMPACTED]
+    if not compacted:
+        return
+    options = {**redis.connection_pool.connection_kwargs, "decode_responses": False}
+    pool = ConnectionPool(connection_class=redis.connection_pool.connection_class, **options)
+    raw = Redis.from_pool(pool)  # the blob is binary
+    try:
+        pipe = raw.pipeline(transaction=False)
+        for i in compacted:
+            pipe.get(keys.blob(batch[i].spec.run_id))
+        blobs = await pipe.execute()
+    finally:
+        await raw.aclose()
+    for i, blob in zip(compacted, blobs, strict=True):
+        if blob is None:
+            continue
+        run = unpack(blob)
+        read[i][0] = [run.snap, *read[i][0][1:]]
+        read[i][1] = [(f"0-{run.first + n}", {"e": event}) for n, event in enumerate(run.events)]
 
 
 async def extra_runs(redis: Redis, prefix: str, started: set[str]) -> Verdict:

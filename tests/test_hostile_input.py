@@ -177,16 +177,17 @@ async def hostile(redis_server: str) -> AsyncIterator[Hostile]:
         await admin.aclose()
 
 
-# A run's keys are `<prefix>:run:{<percent-encoded id>}` and that plus `:events`, `:steps` or
-# `:items:<percent-encoded step id>`; the rest are the deployment's own queue, indexes and
-# timers.
+# A run's keys are `<prefix>:run:{<percent-encoded id>}` and that plus `:events`, `:steps`,
+# `:items:<percent-encoded step id>` or `:z` (compacted); the rest are the deployment's own
+# queue, indexes and timers.
 _ENCODED = r"(?:[A-Za-z0-9_.~-]|%[0-9A-F]{2})+|%"
 
 
 async def _keys_are_namespaced(state: Hostile) -> None:
     prefix = re.escape(state.prefix)
-    run_key = re.compile(rf"{prefix}:run:\{{({_ENCODED})\}}(:events|:steps|:items:({_ENCODED}))?")
-    own = rf"queue|timers|watchdog|cancel|idx:all|idx:(wf|res):({_ENCODED})"
+    suffix = rf"(:events|:steps|:z|:items:({_ENCODED}))?"
+    run_key = re.compile(rf"{prefix}:run:\{{({_ENCODED})\}}{suffix}")
+    own = rf"queue|timers|watchdog|compact|cancel|idx:all|idx:(wf|res):({_ENCODED})"
     other = re.compile(rf"{prefix}:({own})")
     keys = [k.decode() if isinstance(k, bytes) else k for k in await state.admin.keys("*")]
     assert keys

@@ -67,6 +67,9 @@ RECOVER_LIMIT = 5000
 # forgets (a full round is followed by another at once).
 HOUSEKEEPING_INTERVAL = 5.0
 HOUSEKEEPING_BATCH = 500
+# Seconds after its finish that a run is compacted (`Store.compact_finished`): by then the
+# watchers that were following it have read its last events.
+COMPACT_AFTER = 1.0
 
 
 class StoreJournal:
@@ -361,9 +364,10 @@ class Worker:
             await asyncio.sleep(interval)
 
     async def _housekeeping(self) -> None:
-        """Forget expired runs and queue again the runs whose queue entry a dead worker took,
-        on every replica (each step is safe to run twice)."""
+        """Forget expired runs, compact finished ones, and queue again the runs whose queue
+        entry a dead worker took, on every replica (each step is safe to run twice)."""
         while not self._stopping.is_set():
+            compacted = await self._compact()
             try:
                 # A backlog goes a batch per round, between other work.
                 swept = await self.store.sweep_expired(now(), limit=HOUSEKEEPING_BATCH)
@@ -374,8 +378,21 @@ class Worker:
                     log.warning("queued %d run(s) again: their worker took them and died", requeued)
             except StoreUnavailable:
                 swept = 0
-            if swept < HOUSEKEEPING_BATCH:
+            if swept < HOUSEKEEPING_BATCH and compacted < HOUSEKEEPING_BATCH:
                 await asyncio.sleep(min(HOUSEKEEPING_INTERVAL, self.lease_ttl))
+
+    async def _compact(self) -> int:
+        """One batch of `compact_finished`. Compaction only saves room: whatever goes wrong
+        with it is logged and leaves the rest of housekeeping going."""
+        try:
+            return await self.store.compact_finished(
+                now() - COMPACT_AFTER, limit=HOUSEKEEPING_BATCH
+            )
+        except StoreUnavailable:
+            return 0
+        except Exception:
+            log.exception("compacting finished runs failed")
+            return 0
 
     # -- one run ---------------------------------------------------------------------------
     async def _run(self, item: WorkItem | None, lease: Lease | None = None) -> None:

@@ -259,6 +259,13 @@ class Store(Protocol):
         this takes them out of listings and bookkeeping. Returns how many it cleaned up."""
         ...
 
+    async def compact_finished(self, finished_before: float, limit: int = 100) -> int:
+        """Store runs that finished before `finished_before` (at most `limit`) in less room,
+        unchanged for every reader; a later write to one gets it back as it was. Returns how
+        many finished runs it dealt with (compacted, or left as they are for good: a full
+        batch means more may wait). Safe to call from every replica at once."""
+        ...
+
     async def reclaim_abandoned(self, min_idle: float, limit: int = 100) -> int:
         """Queue again the runs of queue entries a worker took at least `min_idle` seconds
         ago and never acknowledged (it died or stalled before acquiring them), and drop

@@ -1,9 +1,10 @@
 """Every Redis key, channel and group name the Redis store uses, built in one place.
 
 A run's keys carry its encoded id as a Redis Cluster hash tag (`stepline:run:{<id>}`, its
-`:events`, `:steps` and `:items:<step id>`), so one Lua script can touch them all. Ids are
-percent-encoded (everything but `A-Z a-z 0-9 _ . - ~`), which is injective and leaves no `{`,
-`}`, `:`, glob character or whitespace in a key, so no run id can reach another run's keys.
+`:events`, `:steps`, `:items:<step id>` and a compacted run's `:z`), so one Lua script can
+touch them all. Ids are percent-encoded (everything but `A-Z a-z 0-9 _ . - ~`), which is
+injective and leaves no `{`, `}`, `:`, glob character or whitespace in a key, so no run id can
+reach another run's keys.
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ class Keys:
         # Finished runs scored by when their keys expire, so that `sweep_expired` can take
         # them out of the indexes (see `expiring`).
         self.expiring = f"{prefix}:expiring"
+        # Finished runs scored by when they finished, until housekeeping compacts them
+        # (`compact_finished`).
+        self.compact = f"{prefix}:compact"
 
     def run(self, run_id: str) -> str:
         """The run's hash: snapshot JSON plus version, sequence, lease and cancel fields."""
@@ -64,6 +68,11 @@ class Keys:
         """The iteration records of the run's foreach `step_id`: index -> IterationRecord
         JSON. (The WRITE script builds the same name from the run key and `encode(step_id)`.)"""
         return f"{self.run(run_id)}:items:{encode(step_id)}"
+
+    def blob(self, run_id: str) -> str:
+        """A compacted run's snapshot, records and events, deflated (`compacted.py`). (The
+        scripts build the same name from the run key.)"""
+        return f"{self.run(run_id)}:z"
 
     def index_workflow(self, workflow_id: str) -> str:
         return f"{self.prefix}:idx:wf:{encode(workflow_id)}"

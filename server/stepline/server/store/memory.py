@@ -401,6 +401,10 @@ class MemoryStore:
             self._live(run_id)  # drops it
         return len(expired)
 
+    async def compact_finished(self, finished_before: float, limit: int = 100) -> int:
+        """Nothing to do: a run in memory is kept as its objects."""
+        return 0
+
     async def reclaim_abandoned(self, min_idle: float, limit: int = 100) -> int:
         """Nothing to do: a taken item leaves the in-process queue at once, and nothing
         else takes items from it."""

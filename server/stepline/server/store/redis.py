@@ -3,13 +3,15 @@
 Layout (names in `keys.py`; docs/storage.md): the run hash holds the snapshot JSON without its
 records and the store fields (`ver`, `seq`, `fence`, lease, `cancel`, `layout`, `ikeys`); step
 records are a hash of their own, and each foreach's iterations another; the run's event
-stream has entry ids `0-<sequence>`, so a cursor is a stream id; sorted sets index runs by
+stream has entry ids `0-<sequence>`, so a cursor is a stream id; a finished run is compacted
+by housekeeping into its header fields and one deflated blob; sorted sets index runs by
 created_at; a stream with one consumer group is the work queue; a pub/sub channel carries
 cancel requests.
 
 `RedisStore` is composed of one part per concern, all sharing one `RedisCore` (clients, keys,
 scripts, the pipelined round trip):
 - `redis_runs.py`: run operations (create, get, write, lease, cancel, delete, events);
+- `redis_compaction.py`: compacting finished runs (layout 4) and expanding them again;
 - `redis_queue.py`: the work queue (enqueue, dequeue, ack, depth, reclaim);
 - `redis_timers.py`: timers and recovery (fire_timers, recover, sweep_expired);
 - `redis_listing.py`: listing runs through the created_at indexes.

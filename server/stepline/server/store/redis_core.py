@@ -74,6 +74,9 @@ class RedisCore:
         self._release = client.register_script(scripts.RELEASE)
         self._request_cancel = client.register_script(scripts.REQUEST_CANCEL)
         self._delete = client.register_script(scripts.DELETE)
+        self._compact_read = client.register_script(scripts.COMPACT_READ)
+        self._compact = client.register_script(scripts.COMPACT)
+        self._expand = client.register_script(scripts.EXPAND)
         self._scripts = [
             self._create,
             self._write,
@@ -84,6 +87,9 @@ class RedisCore:
             self._release,
             self._request_cancel,
             self._delete,
+            self._compact_read,
+            self._compact,
+            self._expand,
         ]
         # The short commands of the run path go through one pipelining connection.
         self._fast = Pipelined.like(client, command_timeout=self._grace)

@@ -4,7 +4,9 @@ release), cancel, delete, and reading and waiting on a run's events.
 A run is one hash (the snapshot JSON without its records, plus `ver`, `seq`, `fence`, lease,
 `cancel`, `layout` and `ikeys` fields), a hash of step records, one hash of iteration records
 per foreach, and one event stream whose entry ids are `0-<sequence>`, so a cursor is a stream
-id. Every guarded change is one Lua script (`scripts.py`) over the run's keys, which writes
+id. A finished run is compacted by housekeeping into its header fields and one deflated blob
+(layout 4, `redis_compaction.py`); reads take it from there, and a write expands it first.
+Every guarded change is one Lua script (`scripts.py`) over the run's keys, which writes
 only the records the change names (or all of them, replacing what was there: a full write);
 the global keys it touches on the side (watchdog, timers, indexes, `expiring`) are plain
 commands in the same round trip.
@@ -36,15 +38,22 @@ from .base import (
     StoredRun,
     WriteOutcome,
 )
-from .keys import decode, encode
-from .redis_core import RedisCore, block_ms, reachable
+from .compacted import Compacted, unpack
+from .keys import decode
+from .redis_compaction import RunCompaction, blob_bytes, pairs
+from .redis_core import block_ms, reachable
 from .redis_queue import queue_entry
 from .resp import Arg
 
 __all__ = ["RunOperations"]
 
 
-class RunOperations(RedisCore):
+# Attempts of a write that finds its run compacted (expanded in between; a second compaction
+# can only come from a compaction that read the run before the expansion).
+_WRITE_ATTEMPTS = 3
+
+
+class RunOperations(RunCompaction):
     """`RedisStore`'s run operations."""
 
     async def create(
@@ -106,7 +115,7 @@ class RunOperations(RedisCore):
         now = time.time()
         keys = [self._keys.run(run_id), self._keys.steps(run_id)]
         (reply,) = await self._pipeline([self._scripted(self._read, keys, [])])
-        return None if reply[0][0] is None else _stored(reply, now)
+        return None if reply[0][1] is None else _stored(reply, now)
 
     async def write(
         self,
@@ -172,14 +181,20 @@ class RunOperations(RedisCore):
             expires = time.time() + self._retention
             member = self._keys.expiring_member(run_id, image.workflow_id, image.resource_id)
             commands.append(["ZADD", self._keys.expiring, expires, member])
+        if finished:
+            commands.append(["ZADD", self._keys.compact, time.time(), run_id])
         keys = [*self._run_keys(run_id), *item_keys]
         commands.append(self._scripted(self._write, keys, args))
         if settled:
             # Nothing can be orphaned any more. (If the script refused a stale holder, the
             # live holder's next renewal puts the deadline back.)
             commands.append(["ZREM", self._keys.watchdog, run_id])
-        replies = await self._pipeline(commands)
-        reply = replies[-2] if settled else replies[-1]
+        for _attempt in range(_WRITE_ATTEMPTS):
+            replies = await self._pipeline(commands)
+            reply = replies[-2] if settled else replies[-1]
+            if reply[0] != "compacted":
+                break
+            await self._expand_compacted(run_id)
         match reply[0]:
             case "ok":
                 return WriteOutcome(
@@ -196,6 +211,8 @@ class RunOperations(RedisCore):
                 raise StoreConflict(f"run {run_id!r} is no longer at version {expected_version}")
             case "leased":
                 raise StoreConflict(f"run {run_id!r} is held by a lease")
+            case "compacted":
+                raise StoreConflict(f"run {run_id!r} was compacted again at each attempt")
         raise AssertionError(f"unexpected write reply {reply!r}")
 
     async def acquire(self, run_id: str, owner: str, ttl: float) -> Lease | None:
@@ -233,21 +250,9 @@ class RunOperations(RedisCore):
     def _records(self, image: SnapshotImage) -> tuple[list[str], list[str]]:
         """The iteration hashes an image writes to, and its records as the scripts take
         them (see `store_records` in scripts.py)."""
-        args = [
-            "1" if image.full else "0",
-            " ".join(encode(step_id) for step_id in image.foreach_steps),
-            str(len(image.steps)),
-        ]
-        for step_id, record in image.steps.items():
-            args += [step_id, record]
-        keys: list[str] = []
-        args.append(str(len(image.items)))
-        for step_id, kept in image.items.items():
-            keys.append(self._keys.items(image.run_id, step_id))
-            args.append(str(len(kept)))
-            for index, record in kept.items():
-                args += [str(index), record]
-        return keys, args
+        return self._record_args(
+            image.run_id, image.full, image.foreach_steps, image.steps, image.items
+        )
 
     async def release(self, run_id: str, fence: int) -> None:
         release = self._scripted(self._release, [self._keys.run(run_id)], [str(fence)])
@@ -288,6 +293,7 @@ class RunOperations(RedisCore):
                     *self._keys.indexes(str(reply[1]), str(reply[2])),
                     self._keys.timers,
                     self._keys.watchdog,
+                    self._keys.compact,
                 )
             ]
         )
@@ -301,16 +307,21 @@ class RunOperations(RedisCore):
                 ["MULTI"],
                 ["EXISTS", self._keys.run(run_id)],
                 ["XRANGE", self._keys.events(run_id), f"(0-{max(after, 0)}", "+", "COUNT", limit],
+                ["GET", self._keys.blob(run_id)],
                 ["EXEC"],
             ]
         )
-        exists, entries = replies[-1]
+        exists, entries, blob = replies[-1]
         if not exists:
             raise RunNotFound(run_id)
+        if blob is not None:
+            entries = _entries(unpack(blob_bytes(blob)), after, limit)
         return _raw_events(entries)
 
     # `timeout` is the Store interface's name for the bound.
     async def wait_events(self, run_id: str, after: int, timeout: float) -> list[Event]:
+        # A compacted run's events come from its blob here, at once. Its stream is gone: an
+        # XREAD on it waits for the events of a write after its expansion.
         events = await self.read_events(run_id, after)
         if events or timeout <= 0:
             return events
@@ -328,24 +339,34 @@ class RunOperations(RedisCore):
                 ["MULTI"],
                 ["HMGET", self._keys.run(run_id), "status", "seq"],
                 ["XRANGE", self._keys.events(run_id), "-", "+", "COUNT", 1],
+                ["GET", self._keys.blob(run_id)],
                 ["EXEC"],
             ]
         )
-        (status, last), first = replies[-1]
+        (status, last), first, blob = replies[-1]
         if last is None:
             raise RunNotFound(run_id)
-        first_kept = _sequence(first[0][0]) if first else int(last) + 1
+        if blob is not None:
+            first_kept = unpack(blob_bytes(blob)).first
+        else:
+            first_kept = _sequence(first[0][0]) if first else int(last) + 1
         return RunHead(RunStatus(status), int(last), first_kept)
 
 
 def _stored(reply: Sequence[Any], now: float) -> StoredRun:
-    """A run from a `read_run` reply: its fields, step records and iteration records."""
-    fields, steps, groups = reply
+    """A run from a `read_run` reply: its fields, step records and iteration records, or a
+    compacted run's blob."""
+    fields, steps, groups, blob = reply
     snap, version, sequence, cancel, owner, lease_until, layout, _ikeys = fields
-    # A run of the first layout has no record hashes: its records are inside `snap`.
-    items = {decode(groups[g]): _pairs(groups[g + 1]) for g in range(0, len(groups), 2)}
+    if blob is not None:
+        run = unpack(blob_bytes(blob))
+        snapshot = assemble(run.snap, run.steps, run.items)
+    else:
+        # A run of the first layout has no record hashes: its records are inside `snap`.
+        items = {decode(groups[g]): pairs(groups[g + 1]) for g in range(0, len(groups), 2)}
+        snapshot = assemble(snap, pairs(steps), {k: _indexed(v) for k, v in items.items()})
     return StoredRun(
-        snapshot=assemble(snap, _pairs(steps), {k: _indexed(v) for k, v in items.items()}),
+        snapshot=snapshot,
         version=int(version),
         last_sequence=int(sequence),
         cancel_requested=cancel == "1",
@@ -354,13 +375,17 @@ def _stored(reply: Sequence[Any], now: float) -> StoredRun:
     )
 
 
-def _pairs(flat: Sequence[str]) -> dict[str, str]:
-    """A HGETALL reply as a dict."""
-    return dict(zip(flat[::2], flat[1::2], strict=True))
-
-
 def _indexed(records: dict[str, str]) -> dict[int, str]:
     return {int(index): record for index, record in records.items()}
+
+
+def _entries(run: Compacted, after: int, limit: int) -> list[tuple[str, list[str]]]:
+    """A compacted run's events after `after`, at most `limit`, as XRANGE gives them."""
+    start = max(after + 1, run.first)
+    return [
+        (f"0-{sequence}", [scripts.EVENT_FIELD, run.events[sequence - run.first]])
+        for sequence in range(start, min(run.last, start + limit - 1) + 1)
+    ]
 
 
 def _raw_events(entries: Any) -> list[Event]:

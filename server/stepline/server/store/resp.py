@@ -58,14 +58,20 @@ def _pack(command: Sequence[Arg]) -> bytes:
 
 
 def _reply(value: Any) -> Any:
-    """hiredis hands an error reply back as a ResponseError; give it its precise type."""
-    if isinstance(value, redis_errors.ResponseError):
-        message = str(value)
-        kind = _ERRORS.get(message.split(" ", 1)[0])
-        return kind(message) if kind is not None else value
+    """hiredis hands an error reply back as a ResponseError; give it its precise type, in a
+    reply or directly inside one (EXEC's replies). Deeper arrays are script results, which
+    are walked no further: a run's whole records can be thousands of strings."""
     if isinstance(value, list):
-        return [_reply(item) for item in value]
-    return value
+        return [
+            _error(item) if isinstance(item, redis_errors.ResponseError) else item for item in value
+        ]
+    return _error(value) if isinstance(value, redis_errors.ResponseError) else value
+
+
+def _error(error: redis_errors.ResponseError) -> redis_errors.ResponseError:
+    message = str(error)
+    kind = _ERRORS.get(message.split(" ", 1)[0])
+    return kind(message) if kind is not None else error
 
 
 @dataclass
@@ -81,7 +87,11 @@ class _Batch:
 class _Protocol(asyncio.Protocol):
     def __init__(self, owner: Pipelined) -> None:
         self._owner = owner
-        self._reader = hiredis.Reader(encoding="utf-8", replyError=redis_errors.ResponseError)
+        # A compacted run's blob is binary: its bytes that are not UTF-8 come back as lone
+        # surrogates, and `str.encode("utf-8", "surrogateescape")` gives the bytes back.
+        self._reader = hiredis.Reader(
+            encoding="utf-8", errors="surrogateescape", replyError=redis_errors.ResponseError
+        )
 
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)

@@ -11,10 +11,14 @@ from ..model import RunStatus
 
 __all__ = [
     "ACQUIRE",
+    "COMPACT",
+    "COMPACTED",
+    "COMPACT_READ",
     "CREATE",
     "DELETE",
     "DROP_FIRED_TIMERS",
     "EVENT_FIELD",
+    "EXPAND",
     "LAYOUT",
     "READ",
     "RELEASE",
@@ -34,9 +38,15 @@ RUN_FIELDS = ["snap", "ver", "seq", "cancel", "lease_owner", "lease_until", "lay
 # (as "child.step"). "2" (phase 1) kept nested workflows' records inside `snap`; such a run
 # reads as it is and is written whole (`StoredRun.records_apart`), which moves them out.
 LAYOUT = "3"
+# The `layout` of a finished run compacted by housekeeping: its snapshot, records and events
+# are one deflated blob (`compacted.py`) in the string key `<run key>:z`.
+COMPACTED = "4"
+_FINISHED = [status.value for status in RunStatus if status.finished]
 
 _PRELUDE = (
     f"local LAYOUT = '{LAYOUT}'\n"
+    f"local COMPACTED = '{COMPACTED}'\n"
+    "local FINISHED = {" + ", ".join(f"['{status}'] = true" for status in _FINISHED) + "}\n"
     "local RUN_FIELDS = {"
     + ", ".join(f"'{name}'" for name in RUN_FIELDS)
     + "}"
@@ -44,8 +54,9 @@ _PRELUDE = (
 local function run_fields(key)
   return redis.call('HMGET', key, unpack(RUN_FIELDS))
 end
+-- A compacted run keeps no lease fields at their defaults: a missing owner holds nothing.
 local function lease_live(owner, lease_until, now)
-  return owner ~= '' and tonumber(lease_until) >= tonumber(now)
+  return owner and owner ~= '' and tonumber(lease_until) >= tonumber(now)
 end
 -- The iteration hashes a run's `ikeys` field names (they share the run's hash tag).
 local function item_keys(run_key, listed)
@@ -55,10 +66,13 @@ local function item_keys(run_key, listed)
   end
   return keys
 end
--- The whole run: its fields (RUN_FIELDS), its step records (HGETALL), and per foreach the
--- encoded step id and its iteration records (HGETALL), flat.
+-- The whole run: its fields (RUN_FIELDS), its step records (HGETALL), per foreach the
+-- encoded step id and its iteration records (HGETALL), flat, and a compacted run's blob.
 local function read_run(run_key, steps_key)
   local fields = run_fields(run_key)
+  if fields[7] == COMPACTED then
+    return {fields, {}, {}, redis.call('GET', run_key .. ':z')}
+  end
   local groups = {}
   if fields[8] then
     for enc in string.gmatch(fields[8], '%S+') do
@@ -66,7 +80,7 @@ local function read_run(run_key, steps_key)
       groups[#groups + 1] = redis.call('HGETALL', run_key .. ':items:' .. enc)
     end
   end
-  return {fields, redis.call('HGETALL', steps_key), groups}
+  return {fields, redis.call('HGETALL', steps_key), groups, false}
 end
 -- Store records from ARGV[p]: full ('1' | '0'), ikeys, step count n, n (step id, JSON)
 -- pairs, foreach count g, then per foreach its count m and m (index, JSON) pairs, written to
@@ -131,8 +145,8 @@ return {1}
 """
 )
 
-# KEYS: run hash, steps hash. Returns the run (`read_run`); its first field is nil when the
-# run does not exist.
+# KEYS: run hash, steps hash. Returns the run (`read_run`); its `ver` is nil when the run
+# does not exist.
 READ = (
     _PRELUDE
     + """
@@ -150,22 +164,25 @@ return read_run(KEYS[1], KEYS[2])
 #       all of them (full).
 # A finished run's keys expire together after the retention; any other write keeps them.
 # An unheld write with a hold owner takes the lease as ACQUIRE does (the fence goes up).
-# Returns {'ok', version, sequence, cancel flag, fence taken or 0} or {reason}.
+# Returns {'ok', version, sequence, cancel flag, fence taken or 0} or {reason}; 'compacted'
+# comes after the guards, so the write may go on once the run is expanded.
 WRITE = (
     _PRELUDE
     + f"local EVENT_FIELD = '{EVENT_FIELD}'"
     + """
 local run = redis.call('HMGET', KEYS[1], 'ver', 'seq', 'fence', 'lease_owner', 'lease_until',
-  'cancel')
+  'cancel', 'layout')
 if not run[1] then return {'missing'} end
 local unheld = ARGV[1] == 'version'
 if unheld then
   if run[1] ~= ARGV[2] then return {'version_moved'} end
   if lease_live(run[4], run[5], ARGV[3]) then return {'leased'} end
-elseif run[3] ~= ARGV[2] or run[4] == '' then
+elseif run[3] ~= ARGV[2] or not run[4] or run[4] == '' then
   -- A released lease keeps its fence number, so the owner is checked too.
   return {'stale_fence'}
 end
+-- A compacted run is expanded first (EXPAND), by the caller: Lua cannot inflate its blob.
+if run[7] == COMPACTED then return {'compacted'} end
 local seq = tonumber(run[2])
 local count = tonumber(ARGV[15])
 for i = 16, 15 + count do
@@ -209,7 +226,7 @@ if unheld and ARGV[13] ~= '' then
 end
 -- A cancel request targets the execution in progress; once the run settles it is moot.
 if ARGV[5] == '1' then redis.call('HSET', KEYS[1], 'cancel', 0) end
-return {'ok', ver, seq, run[6], fence}
+return {'ok', ver, seq, run[6] or '0', fence}
 """
 )
 
@@ -264,13 +281,13 @@ return 1
 )
 
 # KEYS: run hash, events stream, steps hash. Removes every key of the run (its iteration
-# hashes too). Returns the ids the run is indexed under.
+# hashes and a compacted run's blob too). Returns the ids the run is indexed under.
 DELETE = (
     _PRELUDE
     + """
 local ids = redis.call('HMGET', KEYS[1], 'workflow_id', 'resource_id')
 if not ids[1] then return {0} end
-redis.call('DEL', unpack(all_keys(KEYS[1], KEYS[2], KEYS[3])))
+redis.call('DEL', KEYS[1] .. ':z', unpack(all_keys(KEYS[1], KEYS[2], KEYS[3])))
 return {1, ids[1], ids[2]}
 """
 )
@@ -287,3 +304,97 @@ for i = 2, #ARGV do
 end
 return 1
 """
+
+# KEYS: run hash, events stream, steps hash. ARGV: the most stream entries and records a run
+# may have to be compacted.
+# Returns {0} unless the run exists, is finished, of layout 2 and not bigger than that; else
+# {1, the run (`read_run`), every stream entry (XRANGE)}.
+COMPACT_READ = (
+    _PRELUDE
+    + """
+local run = redis.call('HMGET', KEYS[1], 'status', 'layout', 'ikeys')
+if not run[1] or not FINISHED[run[1]] or run[2] ~= LAYOUT then return {0} end
+local size = redis.call('XLEN', KEYS[2]) + redis.call('HLEN', KEYS[3])
+for _, key in ipairs(item_keys(KEYS[1], run[3])) do size = size + redis.call('HLEN', key) end
+if size > tonumber(ARGV[1]) then return {0} end
+return {1, read_run(KEYS[1], KEYS[3]), redis.call('XRANGE', KEYS[2], '-', '+')}
+"""
+)
+
+# KEYS: run hash, events stream, steps hash, blob. ARGV: the version read, the blob.
+# Only if the run is still finished, of layout 2 and at that version: stores the blob,
+# deletes the stream and the record hashes, and writes the header again without `snap` and
+# `ikeys`, without the lease and cancel fields at their defaults, with `layout` COMPACTED.
+# (A hash that outgrew the small encoding keeps the big one when fields leave it, so the
+# header is written anew.) Both keys get the header's remaining time to live.
+# Returns 1 when compacted, else 0.
+COMPACT = (
+    _PRELUDE
+    + """
+local run = redis.call('HMGET', KEYS[1], 'ver', 'layout', 'status', 'lease_owner', 'cancel',
+  'ikeys')
+if run[1] ~= ARGV[1] or run[2] ~= LAYOUT or not FINISHED[run[3]] then return 0 end
+local dropped = {snap = true, ikeys = true, layout = true}
+if run[4] == '' then
+  dropped.lease_owner = true
+  dropped.lease_until = true
+end
+if run[5] == '0' then dropped.cancel = true end
+local ttl = redis.call('PTTL', KEYS[1])
+local fields = redis.call('HGETALL', KEYS[1])
+local kept = {'layout', COMPACTED}
+for i = 1, #fields, 2 do
+  if not dropped[fields[i]] then
+    kept[#kept + 1] = fields[i]
+    kept[#kept + 1] = fields[i + 1]
+  end
+end
+local doomed = item_keys(KEYS[1], run[6])
+doomed[#doomed + 1] = KEYS[1]
+doomed[#doomed + 1] = KEYS[2]
+doomed[#doomed + 1] = KEYS[3]
+redis.call('DEL', unpack(doomed))
+redis.call('HSET', KEYS[1], unpack(kept))
+redis.call('SET', KEYS[4], ARGV[2])
+if ttl > 0 then
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('PEXPIRE', KEYS[4], ttl)
+end
+return 1
+"""
+)
+
+# KEYS: run hash, events stream, steps hash, blob, the iteration hash of each foreach with
+#       records.
+# ARGV: the version the blob was read at, snap, first sequence, event count e, e event
+#       JSONs, then the records (see `store_records`, full).
+# Only if the run is still compacted at that version: restores layout 2 as it was before
+# COMPACT (stream entries `0-<sequence>`, records, `snap`, default fields) with the header's
+# time to live, and deletes the blob. Returns 1 when expanded, else 0.
+EXPAND = (
+    _PRELUDE
+    + f"local EVENT_FIELD = '{EVENT_FIELD}'"
+    + """
+local run = redis.call('HMGET', KEYS[1], 'ver', 'layout')
+if run[1] ~= ARGV[1] or run[2] ~= COMPACTED then return 0 end
+redis.call('DEL', KEYS[2], KEYS[3])
+local first = tonumber(ARGV[3])
+local count = tonumber(ARGV[4])
+for i = 0, count - 1 do
+  redis.call('XADD', KEYS[2], '0-' .. (first + i), EVENT_FIELD, ARGV[5 + i])
+end
+store_records(KEYS[1], KEYS[3], 5 + count, 5)
+redis.call('HSET', KEYS[1], 'snap', ARGV[2])
+redis.call('HSETNX', KEYS[1], 'lease_owner', '')
+redis.call('HSETNX', KEYS[1], 'lease_until', 0)
+redis.call('HSETNX', KEYS[1], 'cancel', 0)
+redis.call('DEL', KEYS[4])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then
+  for _, key in ipairs(all_keys(KEYS[1], KEYS[2], KEYS[3])) do
+    redis.call('PEXPIRE', key, ttl)
+  end
+end
+return 1
+"""
+)
