@@ -67,6 +67,9 @@ RECOVER_LIMIT = 5000
 # forgets (a full round is followed by another at once).
 HOUSEKEEPING_INTERVAL = 5.0
 HOUSEKEEPING_BATCH = 500
+# After a pass's first write, how long what it commits may wait to be written with what it
+# commits next (the pass's end is written at once, whatever is waiting).
+COALESCE = 0.001
 # Seconds after its finish that a run is compacted (`Store.compact_finished`): by then the
 # watchers that were following it have read its last events.
 COMPACT_AFTER = 1.0
@@ -82,11 +85,13 @@ class StoreJournal:
 
     The end of a pass (release, or a hand-over to a timer) is durable before `commit`
     returns, together with everything committed before it, in one store write. Every other
-    transition is written behind the execution: a commit starts a write at the next turn of
-    the event loop unless one is in flight, and what is committed while a write is in flight
-    goes in the next one. So a transition reaches the log (and its watchers) about one round
-    trip after it happens, a pass whose steps finish faster than a round trip costs a few
-    writes rather than one per step, and a busy store gets fewer, larger writes. A crash
+    transition is written behind the execution: the pass's first commit starts a write at
+    the next turn of the event loop (watchers see the run start at once); later ones are
+    written at most `coalesce` seconds after they happen, together, and never while another
+    write is in flight (what is committed meanwhile goes in the next one). So a pass of fast
+    steps costs two writes (its start, its end) rather than one per step, a long step's
+    start and result reach watchers within about a millisecond, and a busy store gets
+    fewer, larger writes. A crash
     before a step's result is written means the step runs again, which at-least-once
     allows; a fenced-out holder still cannot write. A write that fails behind the
     execution (lost lease, store down) ends the pass through `on_write_behind_failure`, and
@@ -100,12 +105,16 @@ class StoreJournal:
         *,
         observers: Sequence[PassObserver] = (),
         on_write_behind_failure: Callable[[BaseException], None] | None = None,
+        coalesce: float = COALESCE,
     ) -> None:
         self._store = store
         self._run_id = lease.run_id
         self._fence = lease.fence
         self._observers = observers
         self._on_write_behind_failure = on_write_behind_failure
+        self._coalesce = coalesce
+        # The first write behind goes at once, later ones after `coalesce` (see above).
+        self._started = False
         # One write at a time, so a later image never lands before an earlier one.
         self._lock = asyncio.Lock()
         # What is committed and not yet written (later images merged into it).
@@ -145,17 +154,24 @@ class StoreJournal:
         if release or wake_at is not None:
             await self._flush()
         elif self._behind is None or self._behind.done():
-            self._behind = asyncio.create_task(self._write_behind())
+            delay = self._coalesce if self._started else 0.0
+            self._started = True
+            self._behind = asyncio.create_task(self._write_behind(delay))
         return self._cancel_requested
 
-    async def _write_behind(self) -> None:
-        """Write what is committed until nothing is left. If a write fails, the next commit
-        raises; but the pass may not commit again for a long while (a step waiting for a
-        webhook), so the owner is told at once and ends the pass (the run is then re-driven
-        from what is stored)."""
+    async def _write_behind(self, delay: float) -> None:
+        """After `delay`, write what is committed until nothing is left. If a write fails,
+        the next commit raises; but the pass may not commit again for a long while (a step
+        waiting for a webhook), so the owner is told at once and ends the pass (the run is
+        then re-driven from what is stored)."""
         try:
-            while self._image is not None:
+            while True:
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                if self._image is None:
+                    return
                 await self._flush()
+                delay = self._coalesce
         except Exception as err:
             if self._on_write_behind_failure is not None:
                 self._on_write_behind_failure(err)
