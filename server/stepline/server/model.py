@@ -357,7 +357,7 @@ class SnapshotImage:
             updated_at=snapshot.updated_at,
             # Fields at their defaults are left out: they load back the same, in fewer bytes.
             json=snapshot.model_dump_json(
-                exclude=_blob_exclude(snapshot) if snapshot.children else _RECORD_FIELDS,
+                exclude=_blob_exclude(snapshot),
                 exclude_defaults=True,
             ),
             steps=steps,
@@ -400,7 +400,7 @@ def assemble(
     # snapshot is gone are left out (a later full write drops them).
     owned: dict[int, tuple[Snapshot, dict[str, str]]] = {}
     for step_id, record in steps.items():
-        found = _owner(snapshot, step_id) if "." in step_id else (snapshot, step_id)
+        found = _owner(snapshot, step_id)
         if found is not None:
             owned.setdefault(id(found[0]), (found[0], {}))[1][found[1]] = record
     for owner, records in owned.values():
@@ -409,7 +409,7 @@ def assemble(
         for step_id in sorted(records, key=lambda s: path.get(s, last)):
             owner.steps[step_id] = StepRecord.model_validate_json(records[step_id])
     for step_id, kept in items.items():
-        found = _owner(snapshot, step_id) if "." in step_id else (snapshot, step_id)
+        found = _owner(snapshot, step_id)
         if found is None:
             continue
         iterations = found[0].iterations.setdefault(found[1], {})

@@ -165,13 +165,12 @@ class StoreJournal:
         waiting for a webhook), so the owner is told at once and ends the pass (the run is
         then re-driven from what is stored)."""
         try:
-            while True:
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                if self._image is None:
-                    return
+            if delay > 0:
+                await asyncio.sleep(delay)
+            while self._image is not None:
                 await self._flush()
-                delay = self._coalesce
+                if self._image is not None:  # committed while that write was in flight
+                    await asyncio.sleep(self._coalesce)
         except Exception as err:
             if self._on_write_behind_failure is not None:
                 self._on_write_behind_failure(err)
